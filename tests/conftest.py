@@ -1,0 +1,42 @@
+"""Shared fixtures: where the recorded speech lives, and the model store the set-up filled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxline.models.store import ModelStore, disable_hubs
+
+disable_hubs()
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VOXLINE_SHARED", REPO.parent / "shared"))
+SPEECH = SHARED / "data" / "speech"
+BAD = SHARED / "data" / "bad"
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    if not SPEECH.is_dir():
+        pytest.fail(f"recorded speech not found at {SPEECH} (set VOXLINE_SHARED)")
+    return SPEECH
+
+
+@pytest.fixture(scope="session")
+def manifest(speech_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (speech_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def bad_dir() -> Path:
+    return BAD
+
+
+@pytest.fixture(scope="session")
+def model_store() -> ModelStore:
+    """The default model store; `make test` pulls the default set into it before pytest starts."""
+    return ModelStore()
