@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 
 import click
@@ -14,14 +15,22 @@ from voxline.models.store import disable_hubs
 # name -> "module:attribute"; each attribute is a click command or group.
 SUBCOMMANDS: dict[str, str] = {
     "models": "voxline.cli.models:models",
-    "stt": "voxline.cli.speech:stt",
-    "tts": "voxline.cli.speech:tts",
+    "stt": "voxline.cli.stt:stt",
+    "tts": "voxline.cli.tts:tts",
+    "serve": "voxline.cli.serve:serve",
+    "chat": "voxline.cli.chat:chat",
+    "audio": "voxline.cli.audio:audio",
+    "providers": "voxline.cli.providers:providers",
+    "fakes": "voxline.cli.fakes:fakes",
+    "cost": "voxline.cli.cost:cost",
+    "sessions": "voxline.cli.sessions:sessions",
+    "voices": "voxline.cli.voices:voices",
 }
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(SUBCOMMANDS)
+        return sorted(n for n, t in SUBCOMMANDS.items() if importlib.util.find_spec(t.partition(":")[0]))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = SUBCOMMANDS.get(cmd_name)
