@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,11 +21,12 @@ from voxline.errors import AudioDecodeError, AudioError, UnsupportedFormatError
 
 Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 
-SOUNDFILE_FORMATS = {"wav": "WAV", "flac": "FLAC"}
+# ogg is Vorbis through libsndfile: PyAV's wheels carry no libvorbis encoder
+SOUNDFILE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+SOUNDFILE_SUBTYPES = {"ogg": "VORBIS"}
 # container, codec, default sample format, rates the encoder accepts (None: any)
 PYAV_FORMATS: dict[str, tuple[str, str, tuple[int, ...] | None]] = {
     "mp3": ("mp3", "libmp3lame", (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
-    "ogg": ("ogg", "libvorbis", None),
     "opus": ("ogg", "libopus", (8000, 12000, 16000, 24000, 48000)),
     "m4a": ("mp4", "aac", (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
 }
@@ -100,6 +102,8 @@ def _read_pyav(src: str | BinaryIO, name: str) -> AudioFrame:
             channels = stream.codec_context.channels or 1
             layout = "mono" if channels == 1 else "stereo"
             resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
+            tb = stream.time_base
+            duration_s = float(stream.duration * tb) if stream.duration and tb else 0.0
             chunks = []
             for packet_frame in container.decode(stream):
                 for out in resampler.resample(packet_frame):
@@ -113,6 +117,8 @@ def _read_pyav(src: str | BinaryIO, name: str) -> AudioFrame:
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise AudioDecodeError(f"{name}: contains no audio samples")
     samples = np.concatenate(chunks).astype(np.int16)
+    if duration_s:  # drop the encoder's end padding (AAC pads to whole 1024-sample frames)
+        samples = samples[:max(1, round(duration_s * rate))]
     return AudioFrame(samples, int(rate), samples.shape[1])
 
 
@@ -155,7 +161,7 @@ def encode_audio(frame: AudioFrame, fmt: str, *, bitrate: str | int | None = Non
         raise AudioError("cannot encode empty audio")
     if fmt in SOUNDFILE_FORMATS:
         buf = io.BytesIO()
-        with sf.SoundFile(buf, "w", frame.sample_rate, frame.channels, "PCM_16",
+        with sf.SoundFile(buf, "w", frame.sample_rate, frame.channels, SOUNDFILE_SUBTYPES.get(fmt, "PCM_16"),
                           format=SOUNDFILE_FORMATS[fmt]) as f:
             for key, value in (tags or {}).items():
                 if key in ("title", "artist", "album", "comment", "date", "genre", "copyright", "software"):
@@ -193,12 +199,13 @@ def _encode_pyav(frame: AudioFrame, fmt: str, bitrate: str | int | None, tags: d
         for key, value in tags.items():
             out.metadata[key] = value
         stream = out.add_stream(codec, rate=frame.sample_rate, layout=layout)
+        assert isinstance(stream, av.AudioStream)
         rate_bps = _parse_bitrate(bitrate)
         if rate_bps:
             stream.bit_rate = rate_bps
         src = av.AudioFrame.from_ndarray(frame.samples.reshape(1, -1), format="s16", layout=layout)
         src.sample_rate = frame.sample_rate
-        src.pts = None
+        src.pts, src.time_base = 0, Fraction(1, frame.sample_rate)  # a start pts lets mp4 record AAC priming
         for packet in stream.encode(src):
             out.mux(packet)
         for packet in stream.encode(None):

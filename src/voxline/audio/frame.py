@@ -249,13 +249,13 @@ _MULAW_CLIP = 32635
 
 
 def _mulaw_encode(pcm: np.ndarray) -> np.ndarray:
-    x = pcm.astype(np.int32)
-    sign = np.where(x < 0, 0x80, 0)
-    mag = np.minimum(np.abs(x), _MULAW_CLIP) + _MULAW_BIAS
-    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
-    exponent = np.clip(exponent, 0, 7)
-    mantissa = (mag >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    # G.711 on 14-bit magnitudes, exactly as CPython's audioop.lin2ulaw (the >> 2 truncates before the bias)
+    x = pcm.astype(np.int32) >> 2
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(x), 8158) + 0x21  # 14-bit bias 0x84 >> 2; 8158 + 0x21 is the top code 0x7F
+    exponent = np.clip(np.floor(np.log2(mag)).astype(np.int32) - 5, 0, 7)
+    mantissa = (mag >> (exponent + 1)) & 0x0F
+    return (((exponent << 4) | mantissa) ^ mask).astype(np.uint8)
 
 
 def _mulaw_table() -> np.ndarray:
