@@ -1,0 +1,66 @@
+"""Smart Turn v3.2 (pipecat-ai, BSD-2): P(the user finished their turn) from the sound of the turn so far.
+
+A Whisper-tiny encoder with a classifier head, int8, through onnxruntime. Input is the LAST 8 s of the turn at
+16 kHz, zero-padded at the start to 8 s, normalised to zero mean and unit variance (the `do_normalize=True` of
+its training code), as an (1, 80, 800) Whisper log-mel. The ONNX graph ends in a sigmoid, so its output is
+already a probability. One model per process, shared by every session; a call costs tens of milliseconds in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from voxline.audio.features import SAMPLE_RATE, WhisperFeatures, last_seconds_padded, zero_mean_unit_var
+from voxline.audio.frame import AudioFrame
+from voxline.errors import AudioError, ModelError
+from voxline.models.store import ModelStore
+
+WINDOW_S = 8.0
+
+
+class SmartTurnModel:
+    """The `TurnModel` of voxline: completion probability of a user turn (mono 16 kHz preferred, others
+    resampled)."""
+
+    name = "smart-turn-v3.2"
+
+    def __init__(self, model_path: str | Path | None = None, *, threads: int = 1) -> None:
+        path = Path(model_path) if model_path else (
+            ModelStore().path("smart-turn-v3") / "smart-turn-v3.2-cpu.onnx")
+        if not path.is_file():
+            raise ModelError(f"Smart Turn model not found at {path}; run `voxline models pull smart-turn-v3`")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for corrupt files
+            raise ModelError(f"cannot load Smart Turn model {path}: {exc}") from exc
+        shape = self._session.get_inputs()[0].shape
+        self._features = WhisperFeatures(n_mels=int(shape[1]) if isinstance(shape[1], int) else 80)
+
+    def features(self, audio: AudioFrame) -> np.ndarray:
+        """The (n_mels, 800) model input for the last 8 s of `audio`."""
+        if audio.num_frames == 0:
+            raise AudioError("Smart Turn needs some audio of the turn, got an empty frame")
+        if audio.sample_rate != SAMPLE_RATE:
+            audio = audio.resample(SAMPLE_RATE)
+        x = zero_mean_unit_var(last_seconds_padded(audio.mono_float32(), WINDOW_S))
+        return self._features.log_mel(x)
+
+    def predict(self, audio: AudioFrame) -> float:
+        """Blocking: P(turn complete) for the turn audio so far (end of the audio = now)."""
+        feats = self.features(audio)[np.newaxis]
+        (out,) = self._session.run(None, {"input_features": feats})
+        return float(np.asarray(out).reshape(-1)[0])
+
+    async def completion_probability(self, audio: AudioFrame) -> float:
+        return await asyncio.to_thread(self.predict, audio)
