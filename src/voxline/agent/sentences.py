@@ -1,0 +1,86 @@
+"""Cut a stream of LLM tokens into speakable pieces, so TTS can start before the LLM has finished.
+
+A piece ends at a sentence end (. ! ? followed by space or end), or, for a long first sentence, at a clause boundary
+(, ; : or a dash) once enough words have gathered, because waiting for the full stop of a 30-word sentence would
+cost more than a slightly less natural prosody at the cut. Abbreviations, initials, decimals and ellipses do not end
+sentences.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m approx dept est fig inc ltd no vol mt ft jan feb mar apr jun "
+    "jul aug sep sept oct nov dec u.s u.k".split())
+_SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+|$)")
+_CLAUSE_END = re.compile(r"([,;:]|\s[-–—])(\s+)")
+
+
+def _ends_sentence(text: str, match: re.Match[str]) -> bool:
+    punct = match.group(1)
+    before = text[: match.start()]
+    if punct.startswith(".") and len(punct.rstrip("\"')]")) == 1:
+        word = before.rsplit(None, 1)[-1].lower() if before.split() else ""
+        word = word.lstrip("\"'([")
+        if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+            return False  # "Dr. Smith", "J. R. R. Tolkien"
+        if word.isdigit() and match.group(2) == "":
+            return False  # "3." may continue as "3.14"
+    return True
+
+
+@dataclass
+class SentenceSplitter:
+    """Incremental splitter: `push(token)` returns the pieces completed so far, `flush()` the remainder.
+
+    `clause_min_words`: cut a sentence at a clause boundary once it has this many words (0 disables); applied to the
+    first piece of a reply only (`first_only`), where it buys latency, unless `first_only` is False.
+    """
+
+    clause_min_words: int = 8
+    first_only: bool = True
+    _buffer: str = field(default="", init=False)
+    _emitted: int = field(default=0, init=False)
+
+    def push(self, text: str) -> list[str]:
+        self._buffer += text
+        out: list[str] = []
+        while piece := self._next_piece():
+            out.append(piece)
+        return out
+
+    def flush(self) -> list[str]:
+        rest = self._buffer.strip()
+        self._buffer = ""
+        if rest:
+            self._emitted += 1
+            return [rest]
+        return []
+
+    def _next_piece(self) -> str | None:
+        buf = self._buffer
+        for m in _SENTENCE_END.finditer(buf):
+            if m.group(2) == "":
+                break  # punctuation at the very end: wait for the next token to know (e.g. "3." + "14")
+            if _ends_sentence(buf, m):
+                return self._cut(m.end())
+        if self.clause_min_words and (self._emitted == 0 or not self.first_only):
+            for m in _CLAUSE_END.finditer(buf):
+                if len(buf[: m.start()].split()) >= self.clause_min_words:
+                    return self._cut(m.end())
+        return None
+
+    def _cut(self, end: int) -> str | None:
+        piece, self._buffer = self._buffer[:end].strip(), self._buffer[end:]
+        if not piece:
+            return None
+        self._emitted += 1
+        return piece
+
+
+def split_sentences(text: str, clause_min_words: int = 0) -> list[str]:
+    """Split a whole text into sentences (the batch form of `SentenceSplitter`)."""
+    splitter = SentenceSplitter(clause_min_words=clause_min_words, first_only=False)
+    return splitter.push(text + " ") + splitter.flush()

@@ -1,0 +1,353 @@
+"""One caller's conversation, as a task group.
+
+    transport -> resample to 16 kHz -> turn detector -> STT stream -> user turn -> reply task
+    reply task = LLM stream -> sentence splitter -> TTS -> paced playout -> transport
+
+At most one reply task runs. Barge-in is `reply.cancel()`: cancellation stops the LLM, the TTS and the playout
+wherever they are; the playout then knows how much audio the caller heard, and the assistant message keeps exactly
+those words. Side concerns (metrics, records, cost) are observers of the session's events, not part of the flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxline.agent.config import AgentConfig
+from voxline.agent.context import Conversation, words_heard
+from voxline.agent.playout import Playout
+from voxline.agent.sentences import SentenceSplitter
+from voxline.agent.stack import Stack
+from voxline.agent.timeline import TurnTimeline
+from voxline.agent.turns import TurnDetector, TurnEvent
+from voxline.audio.frame import AudioFrame, Resampler
+from voxline.errors import VoxlineError
+from voxline.providers.base import STTStream, Transcript
+from voxline.transports.base import ClientEvent, Transport
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[dict[str, Any]], None]
+
+STT_RATE = 16000
+PRE_ROLL_S = 0.4  # audio kept from before speech_started, so the STT hears the first syllable
+BACKCHANNELS = frozenset("mm mhm mm-hm mm-hmm hmm uh-huh uh huh yeah yep yes ok okay right sure um uh ah oh "
+                         "i see got it".split())
+_WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def is_backchannel(text: str) -> bool:
+    """A short acknowledgement ("mm-hm", "yeah", "okay") that should not interrupt the agent."""
+    words = _words(text)
+    return 0 < len(words) <= 2 and all(w in BACKCHANNELS for w in words)
+
+
+def is_echo(user_text: str, agent_text: str) -> bool:
+    """Whether a transcript heard during playback is mostly the agent's own words coming back."""
+    user = _words(user_text)
+    if not user:
+        return False
+    agent = set(_words(agent_text))
+    return sum(w in agent for w in user) / len(user) >= 0.6
+
+
+@dataclass
+class _UserTurn:
+    """The user's turn in progress: its STT stream, the reader of that stream, and the latest text."""
+
+    stream: STTStream
+    started_at: float
+    timeline: TurnTimeline
+    interim: str = ""
+    reader: asyncio.Task[None] | None = None
+    final: asyncio.Future[Transcript] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Session:
+    """A conversation with one caller over one transport. `await session.run()` until the caller hangs up."""
+
+    def __init__(self, stack: Stack, config: AgentConfig, transport: Transport, *,
+                 observers: tuple[Observer, ...] = (), session_id: str = "") -> None:
+        self.stack, self.config, self.transport = stack, config, transport
+        self.id = session_id
+        self.observers = observers
+        self.conversation = Conversation(config.agent.system_prompt, config.agent.max_history_turns)
+        self.detector: TurnDetector = stack.turn_detector(config.turn)
+        self.timelines: list[TurnTimeline] = []
+        self._resampler: Resampler | None = None
+        self._pre_roll: deque[AudioFrame] = deque()
+        self._user: _UserTurn | None = None
+        self._reply: asyncio.Task[None] | None = None
+        self._playout: Playout | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stream_clock: tuple[float, float] = (0.0, time.monotonic())  # (stream time, monotonic) of last frame
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                if self.config.agent.greeting:
+                    self._start_reply(None, TurnTimeline(0), fixed_text=self.config.agent.greeting)
+                async for item in self.transport.receive():
+                    if isinstance(item, AudioFrame):
+                        await self._on_audio(item)
+                    else:
+                        await self._on_client_event(item)
+                await self._end()
+        finally:
+            self._tasks = None
+
+    async def _end(self) -> None:
+        """The caller hung up: stop everything this session started."""
+        if self._reply is not None:
+            self._reply.cancel()
+        if self._user is not None:
+            if self._user.reader is not None:
+                self._user.reader.cancel()
+            with contextlib.suppress(Exception):
+                await self._user.stream.close()
+            self._user = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Hand an event to the observers (metrics, records, cost) and queue it for the caller."""
+        for observer in self.observers:
+            try:
+                observer({"session": self.id, **event})
+            except Exception:  # an observer must never break a call
+                log.exception("session observer failed on %s", event.get("type"))
+        if self._tasks is not None:
+            self._tasks.create_task(self._send_event(event))
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # a caller that went away is the receive loop's business
+            await self.transport.send_event(event)
+
+    # ---- input --------------------------------------------------------------------------------------------------
+
+    async def _on_audio(self, frame: AudioFrame) -> None:
+        if self._resampler is None or self._resampler.in_rate != frame.sample_rate:
+            self._resampler = Resampler(frame.sample_rate, STT_RATE)
+        mono = self._resampler.process(frame.to_mono())
+        if mono.num_frames == 0:
+            return
+        self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
+        events = await self.detector.push(mono)
+        if self._user is not None:
+            await self._user.stream.send(mono)
+        else:
+            self._pre_roll.append(mono)
+            while sum(f.duration for f in self._pre_roll) > PRE_ROLL_S:
+                self._pre_roll.popleft()
+        for event in events:
+            await self._on_turn_event(event)
+        if self._user is not None and self._agent_speaking():
+            self._maybe_barge_in()
+
+    def _monotonic_of(self, stream_time: float) -> float:
+        last_stream, last_mono = self._stream_clock
+        return last_mono - max(0.0, last_stream - stream_time)
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
+        if event.kind == "speech_started":
+            await self._open_user_turn()
+            self.emit({"type": "speech_started", "time": event.time})
+        elif event.kind == "turn_ended" and self._user is not None:
+            user, self._user = self._user, None
+            user.timeline.mark("speech_end", self._monotonic_of(event.time))
+            user.timeline.mark("turn_decided")
+            self.emit({"type": "turn_ended", "time": event.time})
+            assert self._tasks is not None
+            self._tasks.create_task(self._finish_user_turn(user))
+
+    async def _open_user_turn(self) -> None:
+        if self._user is not None:
+            return
+        stream = self.stack.stt.stream(STT_RATE)
+        timeline = TurnTimeline(len(self.timelines) + 1)
+        assert self._tasks is not None
+        user = _UserTurn(stream, time.monotonic(), timeline)
+        user.reader = self._tasks.create_task(self._read_transcripts(user))
+        self._user = user
+        for frame in self._pre_roll:
+            await stream.send(frame)
+        self._pre_roll.clear()
+
+    async def _read_transcripts(self, user: _UserTurn) -> None:
+        try:
+            async for transcript in user.stream:
+                if transcript.is_final:
+                    if not user.final.done():
+                        user.final.set_result(transcript)
+                    return
+                user.interim = transcript.text
+                self.detector.set_transcript(transcript.text)
+                self.emit({"type": "transcript", "final": False, "text": transcript.text})
+        except VoxlineError as exc:
+            self.emit({"type": "error", "source": "stt", "message": str(exc)})
+        finally:
+            if not user.final.done():
+                user.final.set_result(Transcript(user.interim, is_final=True))
+
+    async def _finish_user_turn(self, user: _UserTurn) -> None:
+        """Turn ended: get the final transcript, then reply (or, during playback, decide on a barge-in)."""
+        try:
+            await user.stream.finalize()
+            transcript = await user.final
+        finally:
+            with contextlib.suppress(Exception):
+                await user.stream.close()
+        user.timeline.mark("final_transcript")
+        text = transcript.text.strip()
+        self.emit({"type": "transcript", "final": True, "text": text})
+        self.detector.reset()
+        if self._agent_speaking():
+            if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
+                self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
+                return
+            self._interrupt()
+        if not _words(text):
+            self.emit({"type": "ignored", "text": text, "reason": "no speech"})
+            return
+        self._start_reply(text, user.timeline)
+
+    # ---- barge-in -----------------------------------------------------------------------------------------------
+
+    def _agent_speaking(self) -> bool:
+        return self._reply is not None and not self._reply.done()
+
+    def _is_interruption(self, text: str, speech_s: float, final: bool = False) -> bool:
+        rules = self.config.barge_in
+        if not rules.enabled:
+            return False
+        words = _words(text)
+        if speech_s < rules.min_speech_s and not (final and len(words) >= max(rules.min_words, 2)):
+            return False
+        if len(words) < rules.min_words:
+            return False
+        if rules.ignore_backchannels and is_backchannel(text):
+            return False
+        return not (self._playout is not None and is_echo(text, self._playout.text_so_far()))
+
+    def _maybe_barge_in(self) -> None:
+        user = self._user
+        assert user is not None
+        if self._is_interruption(user.interim, time.monotonic() - user.started_at):
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+
+    # ---- reply --------------------------------------------------------------------------------------------------
+
+    def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None) -> None:
+        assert self._tasks is not None
+        previous = self._reply
+        if previous is not None:
+            previous.cancel()
+        self.timelines.append(timeline)
+        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text))
+
+    async def _run_reply(self, previous: asyncio.Task[None] | None, user_text: str | None,
+                         timeline: TurnTimeline, fixed_text: str | None) -> None:
+        if previous is not None:  # let the interrupted reply record what was heard before the user's new words
+            await asyncio.wait([previous])
+        if user_text is not None:
+            self.conversation.add_user(user_text)
+        playout = Playout(self.transport, timeline)
+        self._playout = playout
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        interrupted = False
+        try:
+            try:
+                async with asyncio.TaskGroup() as reply:
+                    reply.create_task(self._generate(pieces, timeline, fixed_text))
+                    reply.create_task(self._speak(pieces, playout, timeline))
+            except* VoxlineError as group:
+                self.emit({"type": "error", "source": "reply", "message": "; ".join(map(str, group.exceptions))})
+            await playout.drain()
+            timeline.mark("playback_finished")
+        except asyncio.CancelledError:
+            interrupted = True
+            await playout.stop()
+            timeline.mark("interrupted")
+            raise
+        finally:
+            heard = words_heard(playout.spans, playout.played_seconds())
+            self.conversation.add_assistant(heard)
+            if interrupted:
+                self.emit({"type": "interrupted", "heard": heard, "planned": playout.text_so_far()})
+            self.emit({"type": "agent_done", "text": heard, "interrupted": interrupted})
+            self.emit(timeline.as_event())
+
+    async def _generate(self, pieces: asyncio.Queue[str | None], timeline: TurnTimeline,
+                        fixed_text: str | None) -> None:
+        """LLM tokens -> speakable pieces, queued for the TTS as soon as each is complete."""
+        splitter = SentenceSplitter()
+        try:
+            if fixed_text is not None:
+                for piece in splitter.push(fixed_text) + splitter.flush():
+                    await pieces.put(piece)
+                return
+            stream = self.stack.llm.stream(self.conversation.for_llm(), max_tokens=self.config.agent.max_tokens,
+                                           temperature=self.config.agent.temperature)
+            async for delta in stream:
+                if delta.text:
+                    timeline.mark("llm_first_token")
+                    for piece in splitter.push(delta.text):
+                        timeline.mark("first_sentence")
+                        await pieces.put(piece)
+                if delta.input_tokens is not None or delta.output_tokens is not None:
+                    self.emit({"type": "usage", "kind": "llm", "provider": self.stack.llm.name,
+                               "input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens})
+            for piece in splitter.flush():
+                timeline.mark("first_sentence")
+                await pieces.put(piece)
+        finally:
+            pieces.put_nowait(None)
+
+    async def _speak(self, pieces: asyncio.Queue[str | None], playout: Playout, timeline: TurnTimeline) -> None:
+        """Synthesize piece after piece; playout paces the audio out while the next piece is synthesized."""
+        tts = self.stack.tts
+        voice = self.config.providers.voice or None
+        async with asyncio.TaskGroup() as group:
+            group.create_task(playout.run(self.transport.output_sample_rate))
+            try:
+                while (piece := await pieces.get()) is not None:
+                    self.emit({"type": "agent_text", "text": piece})
+                    self.emit({"type": "usage", "kind": "tts", "provider": tts.name, "characters": len(piece)})
+                    playout.begin_piece(piece)
+                    async for frame in tts.synthesize(piece, voice=voice):
+                        timeline.mark("tts_first_audio")
+                        await playout.put(frame)
+                    playout.end_piece()
+            finally:
+                playout.close()
+
+    # ---- client events ------------------------------------------------------------------------------------------
+
+    async def _on_client_event(self, event: ClientEvent) -> None:
+        if event.type == "text":
+            text = str(event.data.get("text", "")).strip()
+            if text:
+                self._interrupt()
+                self._start_reply(text, TurnTimeline(len(self.timelines) + 1))
+        elif event.type == "playback" and self._playout is not None:
+            played = event.data.get("played_ms")
+            if isinstance(played, int | float):
+                self._playout.report_played(played / 1000)
+        elif event.type == "interrupt":
+            self._interrupt()

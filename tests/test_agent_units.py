@@ -1,0 +1,101 @@
+"""Unit tests of the session's pure parts: sentence splitting, words heard, config, backchannel and echo rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voxline.agent.config import AgentConfig
+from voxline.agent.context import Conversation, words_heard
+from voxline.agent.sentences import SentenceSplitter, split_sentences
+from voxline.agent.session import is_backchannel, is_echo
+from voxline.agent.timeline import TurnTimeline
+from voxline.errors import ConfigError
+
+
+def stream(tokens: list[str], clause_min_words: int = 8) -> list[str]:
+    s = SentenceSplitter(clause_min_words=clause_min_words)
+    out = []
+    for t in tokens:
+        out += s.push(t)
+    return out + s.flush()
+
+
+def test_sentences_cut_as_tokens_arrive() -> None:
+    s = SentenceSplitter()
+    assert s.push("It is ten ") == []
+    assert s.push("past four. ") == ["It is ten past four."]
+    assert s.push("Anything else?") == []  # end of text: wait, it may go on ("?!")
+    assert s.flush() == ["Anything else?"]
+
+
+def test_abbreviations_initials_and_decimals_do_not_end_sentences() -> None:
+    text = "Dr. Smith paid 3.5 dollars to J. R. Tolkien at 5 p.m. today. Then he left!"
+    assert split_sentences(text) == ["Dr. Smith paid 3.5 dollars to J. R. Tolkien at 5 p.m. today.",
+                                     "Then he left!"]
+    assert stream(["It costs 3.", "14 dollars. ", "Ok."]) == ["It costs 3.14 dollars.", "Ok."]
+
+
+def test_long_first_sentence_is_cut_at_a_clause() -> None:
+    tokens = ("Well, when you think about the question you asked me earlier today, the answer is "
+              "actually quite simple, and here it is.").split(" ")
+    pieces = stream([t + " " for t in tokens], clause_min_words=8)
+    assert pieces[0].endswith("today,")
+    assert len(pieces[0].split()) >= 8
+    assert " ".join(pieces).split() == " ".join(tokens).split()  # nothing lost, nothing added
+
+
+def test_words_heard_follows_playout_position() -> None:
+    spans = [("Hello there.", 0.0, 1.0), ("The weather is sunny today.", 1.0, 3.0)]
+    assert words_heard(spans, 0.0) == ""
+    assert words_heard(spans, 1.0) == "Hello there."
+    assert words_heard(spans, 5.0) == "Hello there. The weather is sunny today."
+    partial = words_heard(spans, 1.9)
+    assert partial.startswith("Hello there. The weather")
+    assert "today" not in partial
+
+
+def test_conversation_trims_old_turns_but_keeps_system_prompt() -> None:
+    c = Conversation("be brief", max_history_turns=2)
+    for i in range(5):
+        c.add_user(f"q{i}")
+        c.add_assistant(f"a{i}")
+    msgs = c.for_llm()
+    assert msgs[0].role == "system" and msgs[0].content == "be brief"
+    assert [m.content for m in msgs[1:]] == ["q3", "a3", "q4", "a4"]
+
+
+def test_backchannels_and_echo() -> None:
+    assert is_backchannel("Mm-hmm.") and is_backchannel("yeah okay") and is_backchannel("Uh-huh")
+    assert not is_backchannel("wait, stop") and not is_backchannel("")
+    assert is_echo("the weather is sunny", "The weather is sunny today, with a light breeze.")
+    assert not is_echo("what about tomorrow", "The weather is sunny today.")
+
+
+def test_config_defaults_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = AgentConfig.load()
+    assert cfg.agent.max_tokens > 0 and "short" in cfg.agent.system_prompt
+    f = tmp_path / "a.toml"
+    f.write_text('[agent]\nmax_tokens = 20\n[turn]\ndetector = "energy"\n')
+    cfg = AgentConfig.load(f)
+    assert cfg.agent.max_tokens == 20 and cfg.turn.detector == "energy" and cfg.agent.system_prompt
+    f.write_text('[turn]\ndetector = "psychic"\n')
+    with pytest.raises(ConfigError, match="detector"):
+        AgentConfig.load(f)
+    f.write_text("not toml [")
+    with pytest.raises(ConfigError, match="TOML"):
+        AgentConfig.load(f)
+    with pytest.raises(ConfigError, match="not found"):
+        AgentConfig.load(tmp_path / "missing.toml")
+
+
+def test_timeline_relative_and_v2v() -> None:
+    t = TurnTimeline(1)
+    t.mark("speech_end", 10.0)
+    t.mark("first_audio_sent", 10.5)
+    t.mark("first_audio_sent", 11.0)  # first mark wins
+    assert t.voice_to_voice == pytest.approx(0.5)
+    assert t.as_event()["stages_ms"] == {"speech_end": 0.0, "first_audio_sent": 500.0}
+    with pytest.raises(ValueError):
+        t.mark("nonsense")

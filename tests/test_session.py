@@ -1,0 +1,152 @@
+"""The session engine on scripted STT/LLM/TTS (fixed delays, deterministic) with the real Silero VAD and real speech.
+
+Real-model conversations are in test_conversation.py; here the point is the engine's own logic: turn flow, barge-in
+truncation, false-interruption guards, echo, hang-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from talk import feed, silence, utterance
+from voxline.agent.config import AgentConfig
+from voxline.agent.session import Session
+from voxline.agent.stack import Stack, scripted_stack
+from voxline.transports.memory import MemoryTransport
+
+LONG_REPLY = ("Sure. The first thing to know is that the weather today will be sunny in the morning. "
+              "Later in the afternoon clouds will gather over the hills and by the evening there may be rain.")
+
+
+def config(**sections: Any) -> AgentConfig:
+    return AgentConfig.load(turn={"detector": "silero", "silence_s": 0.4}, **sections)
+
+
+@pytest.fixture(scope="module")
+def vad_stack() -> Stack:
+    return scripted_stack()
+
+
+def stack_with(base: Stack, **options: Any) -> Stack:
+    fresh = scripted_stack(vad=False, **options)
+    fresh.vad = base.vad
+    return fresh
+
+
+Script = Callable[[MemoryTransport], Awaitable[None]]
+
+
+async def run_call(stack: Stack, cfg: AgentConfig, script: Script) -> tuple[Session, MemoryTransport]:
+    transport = MemoryTransport()
+    session = Session(stack, cfg, transport)
+    async with asyncio.timeout(60):
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(session.run())
+            await script(transport)
+            transport.hangup()
+    return session, transport
+
+
+async def test_one_turn_reply_and_timeline(vad_stack: Stack) -> None:
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(0, 2.5))
+        await silence(t, 0.6, start=end)
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(vad_stack, config(), script)
+    kinds = [e["type"] for e in t.events]
+    assert kinds.count("speech_started") == 1 and kinds.count("turn_ended") == 1
+    assert {"type": "transcript", "final": True, "text": "what time is it"} in t.events
+    assert sum(f.duration for f in t.audio) == pytest.approx(7 * 0.04, abs=0.01)  # 7 words x 40 ms, resampled
+    timeline = next(e for e in t.events if e["type"] == "timeline")
+    stages = timeline["stages_ms"]
+    for stage in ("turn_decided", "final_transcript", "llm_first_token", "first_sentence", "tts_first_audio",
+                  "first_audio_sent", "playback_finished"):
+        assert stage in stages, stage
+    assert stages["final_transcript"] - stages["turn_decided"] >= 99  # the scripted STT's 100 ms
+    assert [m.role for m in session.conversation.messages] == ["user", "assistant"]
+    assert session.conversation.messages[1].content == "It is ten past four. Anything else?"
+
+
+async def test_barge_in_keeps_only_the_words_heard(vad_stack: Stack) -> None:
+    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25},
+                       stt={"texts": ["tell me the weather", "wait, what about tomorrow"], "interim_after_s": 0.3})
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(1, 2.0))
+        end = await silence(t, 0.6, start=end)
+        await t.wait_for("agent_text", 10)
+        end = await silence(t, 1.5, start=end)  # the agent talks for a while
+        end = await feed(t, utterance(2, 1.5), start=end)  # the caller cuts in
+        await t.wait_for("interrupted", 10)
+        await silence(t, 0.8, start=end)
+        await asyncio.sleep(0.5)
+
+    session, t = await run_call(stack, config(), script)
+    interrupted = next(e for e in t.events if e["type"] == "interrupted")
+    heard, planned = interrupted["heard"], interrupted["planned"]
+    assert heard and len(heard.split()) < len(LONG_REPLY.split())
+    assert LONG_REPLY.startswith(heard) or planned.startswith(heard)
+    assert {"type": "clear"} in t.events
+    # The context holds exactly what was heard, then the interruption as the next user turn.
+    roles = [(m.role, m.content) for m in session.conversation.messages]
+    assert roles[0] == ("user", "tell me the weather")
+    assert roles[1] == ("assistant", heard)
+    assert roles[2] == ("user", "wait, what about tomorrow")
+    # Audio sent before the clear is about what was heard plus at most the playout lead.
+    heard_words = len(heard.split())
+    assert heard_words >= 3
+
+
+@pytest.mark.parametrize("said", ["mm-hm", "yeah", "the weather today will be sunny"])
+async def test_backchannel_and_echo_do_not_interrupt(vad_stack: Stack, said: str) -> None:
+    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.1},
+                       stt={"texts": ["tell me the weather", said], "interim_after_s": 0.3})
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(1, 2.0))
+        end = await silence(t, 0.6, start=end)
+        await t.wait_for("agent_text", 10)
+        end = await silence(t, 0.5, start=end)
+        end = await feed(t, utterance(3, 1.0), start=end)
+        end = await silence(t, 0.8, start=end)
+        await t.wait_for("agent_done", 15)
+
+    session, t = await run_call(stack, config(), script)
+    assert not any(e["type"] == "interrupted" for e in t.events)
+    assert any(e["type"] == "ignored" and e["text"] == said for e in t.events)
+    assert session.conversation.messages[-1].content == LONG_REPLY
+
+
+async def test_hang_up_mid_reply_ends_every_task(vad_stack: Stack) -> None:
+    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.3})
+    before = len(asyncio.all_tasks())
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(4, 2.0))
+        await silence(t, 0.6, start=end)
+        await t.wait_for("agent_text", 10)
+        await asyncio.sleep(0.3)
+
+    session, _ = await run_call(stack, config(), script)
+    await asyncio.sleep(0.05)
+    assert len(asyncio.all_tasks()) <= before
+    assert session.timelines and session.timelines[-1].has("interrupted")
+
+
+async def test_typed_text_turn_and_greeting(vad_stack: Stack) -> None:
+    from voxline.transports.base import ClientEvent
+
+    async def script(t: MemoryTransport) -> None:
+        await t.wait_for("agent_done", 10)  # the greeting
+        t.events.clear()
+        await t.push(ClientEvent("text", {"text": "hello"}))
+        await t.wait_for("agent_done", 10)
+
+    session, _ = await run_call(vad_stack, config(agent={"greeting": "Hi, how can I help?"}), script)
+    assert session.conversation.messages[0].content == "Hi, how can I help?"
+    assert [m.role for m in session.conversation.messages] == ["assistant", "user", "assistant"]
