@@ -1,0 +1,169 @@
+"""LlamaLLM with the real SmolLM2-135M: answers, limits, cancellation, context trimming, shared use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxline.errors import ConfigError, ModelNotFoundError, ProviderError
+from voxline.models.store import ModelStore
+from voxline.providers.base import LLM, LLMDelta, Message
+from voxline.providers.llama import LlamaLLM
+
+SYSTEM = Message("system", "You are a helpful voice assistant. Answer in one short sentence.")
+
+
+@pytest.fixture(scope="module")
+def llm(model_store: ModelStore) -> Iterator[LlamaLLM]:
+    model = LlamaLLM(store=model_store, n_threads=2)
+    yield model
+    model.close()
+
+
+async def reply(llm: LlamaLLM, question: str, **kw: Any) -> tuple[str, LLMDelta]:
+    text, last = "", LLMDelta()
+    async for delta in llm.stream([SYSTEM, Message("user", question)], **kw):
+        text += delta.text
+        last = delta
+    return text, last
+
+
+async def wait_idle(llm: LlamaLLM, limit_s: float) -> float:
+    start = time.perf_counter()
+    while llm.generating:
+        assert time.perf_counter() - start < limit_s, "generation went on after the consumer was cancelled"
+        await asyncio.sleep(0.002)
+    return time.perf_counter() - start
+
+
+def test_is_an_llm(llm: LlamaLLM) -> None:
+    assert isinstance(llm, LLM)
+    assert llm.n_ctx >= 2048
+
+
+async def test_knows_the_capital_of_france(llm: LlamaLLM) -> None:
+    text, usage = await reply(llm, "What is the capital of France?", temperature=0.0)
+    assert "paris" in text.lower()
+    assert usage.text == "" and usage.input_tokens and usage.input_tokens > 10
+    assert usage.output_tokens is not None and 1 <= usage.output_tokens <= 64
+
+
+async def test_streams_token_by_token(llm: LlamaLLM) -> None:
+    question = Message("user", "Write a long essay about the moon.")
+    deltas = [d async for d in llm.stream([SYSTEM, question], max_tokens=30, temperature=0.0)]
+    texts = [d for d in deltas if d.text]
+    usage = deltas[-1]
+    assert usage.text == "" and usage.output_tokens is not None and 10 <= usage.output_tokens <= 30
+    assert len(texts) >= 0.8 * usage.output_tokens  # one piece per token, not one block at the end
+
+
+async def test_max_tokens_is_respected(llm: LlamaLLM) -> None:
+    _, usage = await reply(llm, "Write a long story about a dragon and a knight.", max_tokens=5)
+    assert usage.output_tokens is not None and usage.output_tokens <= 5
+
+
+async def test_temperature_zero_is_repeatable(llm: LlamaLLM) -> None:
+    a, _ = await reply(llm, "Name three colours.", temperature=0.0, max_tokens=20)
+    b, _ = await reply(llm, "Name three colours.", temperature=0.0, max_tokens=20)
+    assert a == b and a.strip()
+
+
+async def test_cancelling_stops_generation_within_a_token(llm: LlamaLLM) -> None:
+    got = 0
+    three = asyncio.Event()
+
+    async def listen() -> None:
+        nonlocal got
+        async for delta in llm.stream([SYSTEM, Message("user", "Write a very long essay about the sea.")],
+                                      max_tokens=500, temperature=0.7):
+            got += bool(delta.text)
+            if got >= 3:
+                three.set()
+
+    task = asyncio.create_task(listen())
+    await asyncio.wait_for(three.wait(), 10)
+    assert llm.generating
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # one token of a 135M model takes ~10 ms on 2 idle cores; the limit allows for a machine shared with others
+    await wait_idle(llm, limit_s=1.0)
+    # and the model serves the next caller at once
+    text, _ = await reply(llm, "What is the capital of France?", temperature=0.0)
+    assert "paris" in text.lower()
+
+
+async def test_context_is_trimmed_keeping_the_system_prompt(model_store: ModelStore) -> None:
+    small = LlamaLLM(store=model_store, n_ctx=256)
+    try:
+        history = [SYSTEM]
+        for i in range(30):
+            history += [Message("user", f"Question number {i}: tell me something about the number {i}."),
+                        Message("assistant", f"The number {i} is a fine number, one of my favourites.")]
+        history.append(Message("user", "What is the capital of France?"))
+        tokens = small.fit(history, max_tokens=48)
+        assert len(tokens) <= 256 - 48
+        prompt = small._llama.detokenize(tokens, special=True).decode()
+        assert prompt.startswith("<|im_start|>system\n" + SYSTEM.content)
+        assert "What is the capital of France?" in prompt
+        assert "Question number 0:" not in prompt and "Question number 29:" in prompt
+        # the kept history starts on a user turn
+        assert prompt.index("<|im_start|>user") < prompt.index("<|im_start|>assistant")
+        text = "".join([d.text async for d in small.stream(history, max_tokens=48, temperature=0.0)])
+        assert "paris" in text.lower()
+        # a single message longer than the window keeps its end
+        tokens = small.fit([SYSTEM, Message("user", "blah " * 2000 + "What is the capital of France?")], 48)
+        assert len(tokens) <= 256 - 48
+        assert "capital of France?" in small._llama.detokenize(tokens, special=True).decode()
+        with pytest.raises(ProviderError, match="system prompt"):
+            small.fit([Message("system", "rule " * 400), Message("user", "hi")], 48)
+    finally:
+        small.close()
+
+
+async def test_two_sessions_stream_at_once(llm: LlamaLLM) -> None:
+    questions = ["What is the capital of France?", "What is the capital of Germany?"]
+    alone = [await reply(llm, q, temperature=0.0) for q in questions]
+    together = await asyncio.gather(*(reply(llm, q, temperature=0.0) for q in questions))
+    for (solo_text, solo_usage), (text, usage) in zip(alone, together, strict=True):
+        assert text == solo_text
+        assert usage.output_tokens == solo_usage.output_tokens
+    assert "paris" in together[0][0].lower() and "berlin" in together[1][0].lower()
+
+
+async def test_warm_turn_reuses_the_cached_prompt(llm: LlamaLLM) -> None:
+    conversation = [SYSTEM, Message("user", "Hello! " + "I would like some help planning my day. " * 10)]
+    text = "".join([d.text async for d in llm.stream(conversation, max_tokens=8, temperature=0.0)])
+    conversation += [Message("assistant", text), Message("user", "Thanks.")]
+
+    async def first_token(messages: list[Message]) -> float:
+        start = time.perf_counter()
+        stream = llm.stream(messages, max_tokens=1, temperature=0.0)
+        async for _ in stream:
+            break
+        await stream.aclose()
+        await wait_idle(llm, 2)
+        return time.perf_counter() - start
+
+    warm = await first_token(conversation)
+    await first_token([Message("system", "Unrelated."), Message("user", "Hi.")])  # evict the cache
+    cold = await first_token(conversation)
+    assert warm < cold, f"warm {warm * 1000:.0f} ms vs cold {cold * 1000:.0f} ms"
+
+
+async def test_bad_input_is_refused_clearly(llm: LlamaLLM, tmp_path: Path) -> None:
+    with pytest.raises(ProviderError, match="no messages"):
+        [d async for d in llm.stream([])]
+    with pytest.raises(ConfigError, match="temperature"):
+        [d async for d in llm.stream([Message("user", "hi")], temperature=5)]
+    with pytest.raises(ConfigError, match="max_tokens"):
+        [d async for d in llm.stream([Message("user", "hi")], max_tokens=0)]
+    with pytest.raises(ModelNotFoundError):
+        LlamaLLM(tmp_path / "missing.gguf")
+    with pytest.raises(ConfigError, match="n_threads"):
+        LlamaLLM(n_threads=0)
