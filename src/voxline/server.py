@@ -1,4 +1,4 @@
-"""The ASGI app: the browser page, the WebSocket sessions, Prometheus metrics and a health check.
+"""The ASGI app: the browser page, WebSocket and telephony sessions, Prometheus metrics and a health check.
 
 `create_app(stack, config)` takes an already-built `Stack`, so models are loaded once per process by the caller
 (`voxline serve`) and every connection shares them.
@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
@@ -25,16 +25,45 @@ from voxline.agent.config import AgentConfig
 from voxline.agent.metrics import SessionMetrics
 from voxline.agent.session import Observer, Session
 from voxline.agent.stack import Stack
+from voxline.transports.base import Transport
+from voxline.transports.twilio import TwilioTransport, voice_webhook
 from voxline.transports.websocket import Limits, WebSocketTransport
 
 log = logging.getLogger(__name__)
 
 
+class SessionHost:
+    """Runs sessions for every transport of one app, sharing the stack, the metrics and the observers."""
+
+    def __init__(self, stack: Stack, config: AgentConfig, observers: Sequence[Observer]) -> None:
+        self.stack, self.config = stack, config
+        self.metrics = SessionMetrics()
+        self.observers: tuple[Observer, ...] = (self.metrics, *observers)
+        self.live: dict[str, Session] = {}
+
+    async def run(self, transport: Transport, session_id: str, kind: str) -> None:
+        session = Session(self.stack, self.config, transport, observers=self.observers, session_id=session_id)
+        self.live[session_id] = session
+        self.metrics.sessions.inc()
+        log.info("%s session %s started", kind, session_id)
+        try:
+            await session.run()
+        except Exception as exc:  # one broken session must not take the server down
+            log.exception("session %s failed", session_id)
+            try:
+                await transport.send_event({"type": "error", "source": "session", "message": str(exc)})
+            except Exception:
+                log.debug("could not report the failure of session %s", session_id)
+        finally:
+            self.metrics.sessions.dec()
+            self.live.pop(session_id, None)
+            log.info("%s session %s ended", kind, session_id)
+
+
 def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observer] = (),
-               limits: Limits | None = None) -> Starlette:
-    metrics = SessionMetrics()
+               limits: Limits | None = None, twilio_auth_token: str | None = None) -> Starlette:
+    host = SessionHost(stack, config, observers)
     web = resources.files("voxline").joinpath("web")
-    live: dict[str, Session] = {}
 
     async def page(request: Request) -> Response:
         return HTMLResponse(web.joinpath("index.html").read_text())
@@ -44,34 +73,39 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
         transport = WebSocketTransport(ws, default_output_rate=config.output.sample_rate, limits=limits)
         if not await transport.start(session_id):
             return
-        session = Session(stack, config, transport, observers=(metrics, *observers), session_id=session_id)
-        live[session_id] = session
-        metrics.sessions.inc()
-        log.info("session %s started", session_id)
         try:
-            await session.run()
-        except Exception as exc:  # one broken session must not take the server down
-            log.exception("session %s failed", session_id)
-            await transport.send_event({"type": "error", "source": "session", "message": str(exc)})
+            await host.run(transport, session_id, "websocket")
         finally:
-            metrics.sessions.dec()
-            live.pop(session_id, None)
             await transport.close()
-            log.info("session %s ended", session_id)
+
+    async def twilio_voice(request: Request) -> Response:
+        return await voice_webhook(request, twilio_auth_token)
+
+    async def twilio_stream(ws: WebSocket) -> None:
+        transport = TwilioTransport(ws)
+        if not await transport.start():
+            await transport.close()
+            return
+        try:
+            await host.run(transport, transport.call_sid or transport.stream_sid, "twilio")
+        finally:
+            await transport.close()
 
     async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(host.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
-        body: dict[str, Any] = {"status": "ok", "version": __version__, "sessions": len(live),
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "sessions": len(host.live),
                                 "providers": {"stt": stack.stt.name, "llm": stack.llm.name, "tts": stack.tts.name}}
         return JSONResponse(body)
 
-    routes = [Route("/", page), Route("/metrics", prometheus), Route("/healthz", healthz),
-              WebSocketRoute("/ws", ws_session)]
+    routes: list[BaseRoute] = [
+        Route("/", page), Route("/metrics", prometheus), Route("/healthz", healthz),
+        WebSocketRoute("/ws", ws_session),
+        Route("/twilio/voice", twilio_voice, methods=["POST"]), WebSocketRoute("/twilio/stream", twilio_stream),
+    ]
     if web.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=str(web)), name="static"))
     app = Starlette(routes=routes)
-    app.state.metrics = metrics
-    app.state.sessions = live
+    app.state.host = host
     return app

@@ -351,3 +351,5 @@ class Session:
                 self._playout.report_played(played / 1000)
         elif event.type == "interrupt":
             self._interrupt()
+        elif event.type == "dtmf":
+            self.emit({"type": "dtmf", "digit": str(event.data.get("digit", ""))})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -42,7 +43,7 @@ def serve(host: str, port: int, config_path: Path | None, log_level: str) -> Non
             store.ensure(DEFAULT_SET, progress)
     stderr.print("loading models ...")
     stack = build_stack(config, store)
-    app = create_app(stack, config)
+    app = create_app(stack, config, twilio_auth_token=os.environ.get("TWILIO_AUTH_TOKEN"))
     stderr.print(f"[bold green]voxline[/] listening on [link]http://{host}:{port}/[/link] "
                  f"(stt={stack.stt.name}, llm={stack.llm.name}, tts={stack.tts.name}, "
                  f"turns={config.turn.detector}); Ctrl+C to stop")
