@@ -4,9 +4,9 @@ One `SileroVAD` owns the ONNX session; `stream()` gives each caller its own smal
 64 context samples the model expects before each 512-sample window, and the samples left over from odd-sized
 frames). Windows pending from all streams are run as ONE batched inference (batch = number of streams) by a
 micro-batcher: the first window submitted in an event-loop tick schedules a flush for the next tick,
-everything submitted until then rides along, and the batch runs in a worker thread. Per-window cost then falls
-roughly tenfold at 100 callers (see `bench/turns.py --vad-batch`), which is what lets one 2-core process serve
-100+ calls.
+everything submitted until then rides along, and the batch runs in a worker thread. At 100 callers a window
+costs about a quarter of what it costs alone (52 vs 193 us of ONNX time, `bench/turns.py --vad-batch`), and
+one core serves 100 callers at about a third of its time.
 
 Rates: 16 kHz (512-sample windows) and 8 kHz (256-sample windows). Any other rate is refused with an
 `AudioError`: the transport resamples once, with a streaming resampler; a VAD that silently resampled per

@@ -1,0 +1,285 @@
+"""Turn detectors: the pure state machines on synthetic probabilities, then the real detectors on real speech."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from voxline.agent.turns import (
+    Endpointer,
+    EnergyTurnDetector,
+    SileroTurnDetector,
+    SmartEndpointer,
+    SmartTurnDetector,
+    TurnDetector,
+    TurnEvent,
+    TurnOptions,
+    make_turn_detector,
+    transcript_signal,
+)
+from voxline.audio.codecs import read_audio
+from voxline.audio.frame import AudioFrame
+from voxline.errors import ConfigError
+
+W = 0.032  # a Silero window
+
+
+def feed(machine: Endpointer, probs: list[float], t0: float = 0.0) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for i, p in enumerate(probs):
+        out += [(e.kind, round(e.time, 3)) for e in machine.step(t0 + (i + 1) * W, W, p)]
+    return out
+
+
+def seq(*parts: tuple[float, float]) -> list[float]:
+    """(probability, seconds) pieces as a window sequence."""
+    return [p for p, s in parts for _ in range(round(s / W))]
+
+
+# ---- transcript signal ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I'd like to book a table.", "complete"),
+    ("Can you help me?", "complete"),
+    ("Great!", "complete"),
+    ("I went to the store and", "incomplete"),
+    ("I went to the store and.", "incomplete"),  # Whisper's period does not make "and" final
+    ("I want to", "incomplete"),
+    ("It was, um", "incomplete"),
+    ("Give me the...", "incomplete"),
+    ("Well,", "incomplete"),
+    ("the weather today", "unknown"),
+    ("", "unknown"),
+    ("   ", "unknown"),
+    ('He said "go."', "complete"),
+])
+def test_transcript_signal(text: str, expected: str) -> None:
+    assert transcript_signal(text) == expected
+
+
+# ---- the pure endpointer --------------------------------------------------------------------------------------------
+
+
+def test_speech_then_silence_gives_one_turn() -> None:
+    m = Endpointer(start_s=0.2, silence_s=0.6, pause_s=0.25)
+    events = feed(m, seq((0.0, 0.32), (0.9, 0.96), (0.05, 1.28)))
+    kinds = [k for k, _ in events]
+    assert kinds == ["speech_started", "pause", "turn_ended"]
+    start, pause, end = (t for _, t in events)
+    assert start == pytest.approx(0.32 + 0.224, abs=1e-6)  # 0.2 s of speech, rounded up to whole windows
+    assert pause == pytest.approx(1.28 + 0.256, abs=1e-6)
+    assert end == pytest.approx(1.28 + 0.608, abs=1e-6)
+    assert not m.in_speech
+
+
+def test_blip_shorter_than_start_s_is_ignored() -> None:
+    m = Endpointer(start_s=0.2)
+    assert feed(m, seq((0.9, 0.128), (0.0, 0.64), (0.9, 0.064), (0.0, 1.0))) == []
+
+
+def test_short_gaps_before_start_do_not_reset_the_count() -> None:
+    m = Endpointer(start_s=0.2, start_reset_s=0.3)
+    events = feed(m, seq((0.9, 0.128), (0.1, 0.096), (0.9, 0.096)))
+    assert [k for k, _ in events] == ["speech_started"]
+    assert m.speech_start == pytest.approx(0.0)
+
+
+def test_hysteresis_band_keeps_the_pause_going() -> None:
+    m = Endpointer(threshold=0.5, hysteresis=0.15, silence_s=0.6)
+    # speech, silence, then probabilities of 0.4 (between 0.35 and 0.5): still silence, the turn ends on time
+    events = feed(m, seq((0.9, 0.64), (0.1, 0.32), (0.4, 0.32), (0.1, 0.32)))
+    assert ("turn_ended", pytest.approx(0.64 + 0.608, abs=1e-6)) in events
+    # but in speech, 0.4 does not start a silence
+    m2 = Endpointer(threshold=0.5, silence_s=0.6)
+    assert [k for k, _ in feed(m2, seq((0.9, 0.64), (0.4, 2.0)))] == ["speech_started"]
+
+
+def test_speech_resuming_in_a_pause_continues_the_turn() -> None:
+    m = Endpointer(silence_s=0.6, pause_s=0.25)
+    events = feed(m, seq((0.9, 0.64), (0.0, 0.448), (0.9, 0.64), (0.0, 0.7)))
+    assert [k for k, _ in events] == ["speech_started", "pause", "pause", "turn_ended"]
+
+
+# ---- the smart endpointer -------------------------------------------------------------------------------------------
+
+
+def smart(**kw: object) -> SmartEndpointer:
+    return SmartEndpointer(silence_s=1.6, pause_s=0.256, **kw)  # type: ignore[arg-type]
+
+
+def run_smart(m: SmartEndpointer, verdict: float, text: str | None, text_at: float | None = None) -> list[TurnEvent]:
+    """1 s of speech, then silence; the model answers `verdict` at the pause; `text` is set at `text_at`."""
+    events: list[TurnEvent] = []
+    t = 0.0
+    for p in seq((0.9, 1.024), (0.0, 2.5)):
+        t += W
+        new = m.step(t, W, p)
+        if text is not None and text_at is not None and abs(t - text_at) < W / 2:
+            m.set_transcript(text)
+        if any(e.kind == "pause" for e in new):
+            m.turn_probability = verdict
+            if text is not None and text_at is None:
+                m.set_transcript(text)
+            if m.ready_to_end():
+                new += m.end_turn(t)
+        events += new
+    return events
+
+
+def end_time(events: list[TurnEvent]) -> float:
+    (end,) = [e.time for e in events if e.kind == "turn_ended"]
+    return end
+
+
+def test_smart_ends_at_pause_when_model_and_words_agree() -> None:
+    assert end_time(run_smart(smart(), 0.9, "Book me a table for two.")) == pytest.approx(1.024 + 0.256)
+
+
+def test_smart_waits_for_the_cap_when_words_say_more_is_coming() -> None:
+    assert end_time(run_smart(smart(), 0.9, "Book me a table for")) == pytest.approx(1.024 + 1.6, abs=W)
+    assert end_time(run_smart(smart(), 0.9, "")) == pytest.approx(1.024 + 1.6, abs=W)
+
+
+def test_smart_waits_when_model_is_unsure() -> None:
+    assert end_time(run_smart(smart(), 0.2, "Book me a table.")) == pytest.approx(1.024 + 1.6, abs=W)
+
+
+def test_smart_model_alone() -> None:
+    assert end_time(run_smart(smart(use_transcript=False), 0.9, None)) == pytest.approx(1.024 + 0.256)
+
+
+def test_late_transcript_still_ends_early_stale_one_does_not() -> None:
+    late = run_smart(smart(), 0.9, "Book me a table.", text_at=1.024 + 0.5)
+    assert end_time(late) == pytest.approx(1.024 + 0.5, abs=2 * W)
+    stale = run_smart(smart(), 0.9, "Book me a table.", text_at=0.5)  # set while still speaking
+    assert end_time(stale) == pytest.approx(1.024 + 1.6, abs=W)
+
+
+def test_speech_again_clears_the_verdict() -> None:
+    m = smart()
+    feed(m, seq((0.9, 1.024), (0.0, 0.288)))
+    m.turn_probability = 0.9
+    feed(m, seq((0.9, 0.1)), t0=1.312)
+    assert m.turn_probability is None and m.in_speech
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        TurnOptions(silence_s=0.0)
+    with pytest.raises(ConfigError):
+        TurnOptions(threshold=1.5)
+    with pytest.raises(ConfigError):
+        TurnOptions(pause_s=1.0, max_silence_s=0.5)
+    with pytest.raises(ConfigError, match="unknown turn detector"):
+        make_turn_detector(TurnOptions(detector="nope"))  # type: ignore[arg-type]
+
+
+# ---- real speech ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def utterances(speech_dir: Path) -> list[AudioFrame]:
+    """Three short gold utterances without long inner pauses (LJSpeech and "go forward ten meters")."""
+    names = ["gold/goforward.flac", "gold/LJ002-0020.flac", "gold/LJ002-0035.flac"]
+    return [read_audio(speech_dir / n).to_mono().resample(16000) for n in names]
+
+
+@pytest.fixture(scope="module")
+def shared_models() -> tuple[object, object]:
+    from voxline.providers.silero import SileroVAD
+    from voxline.providers.smart_turn import SmartTurnModel
+
+    return SileroVAD(), SmartTurnModel()
+
+
+async def push_all(det: TurnDetector, audio: AudioFrame, chunk_s: float = 0.02,
+                   transcript: str | None = None) -> list[TurnEvent]:
+    events: list[TurnEvent] = []
+    for frame in audio.chunks(chunk_s):
+        new = await det.push(frame)
+        if transcript is not None and any(e.kind == "pause" for e in new):
+            det.set_transcript(transcript)
+        events += new
+    return events
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["energy", "silero", "smart"])
+async def test_one_utterance_one_turn(kind: str, utterances: list[AudioFrame],
+                                      shared_models: tuple[object, object]) -> None:
+    vad, model = shared_models
+    opts = TurnOptions(detector=kind)  # type: ignore[arg-type]
+    cap = {"energy": opts.energy_silence_s, "silero": opts.silence_s, "smart": opts.max_silence_s}[kind]
+    for utt in utterances:
+        det = make_turn_detector(opts, vad=vad, model=model)  # type: ignore[arg-type]
+        assert isinstance(det, TurnDetector)
+        lead = 0.5
+        audio = AudioFrame.concat([AudioFrame.silence(lead, 16000), utt, AudioFrame.silence(3.0, 16000)])
+        events = await push_all(det, audio.with_timestamp(100.0), transcript="Go forward ten meters.")
+        kinds = [e.kind for e in events if e.kind != "pause"]
+        assert kinds == ["speech_started", "turn_ended"], (kind, events)
+        start, end = (e.time - 100.0 for e in events if e.kind != "pause")
+        assert lead < start < lead + 1.0
+        # the utterance's speech ends at most 0.6 s before its file does (LibriVox/LJ trailing silence)
+        speech_end_max = lead + utt.duration
+        assert speech_end_max - 0.6 + min(cap, 0.25) <= end <= speech_end_max + cap + 0.15, (kind, end)
+        assert not det.in_speech
+
+
+@pytest.mark.slow
+async def test_frame_size_and_reset(utterances: list[AudioFrame], shared_models: tuple[object, object]) -> None:
+    vad, _ = shared_models
+    audio = AudioFrame.concat([AudioFrame.silence(0.3, 16000), utterances[0], AudioFrame.silence(1.5, 16000)])
+    det = SileroTurnDetector(vad)  # type: ignore[arg-type]
+    ref = await push_all(det, audio, 0.02)
+    det.reset()
+    again = await push_all(det, audio, 0.02)
+    assert again == ref
+    odd = await push_all(SileroTurnDetector(vad), audio, 0.037)  # type: ignore[arg-type]
+    assert [e.kind for e in odd] == [e.kind for e in ref]
+    for a, b in zip(odd, ref, strict=True):
+        assert abs(a.time - b.time) < 0.001
+
+
+@pytest.mark.slow
+async def test_energy_detector_needs_no_model(utterances: list[AudioFrame]) -> None:
+    det = EnergyTurnDetector()
+    quiet = await push_all(det, AudioFrame.silence(2.0, 16000))
+    assert quiet == [] and not det.in_speech
+    events = await push_all(det, AudioFrame.concat([utterances[0], AudioFrame.silence(1.0, 16000)]))
+    assert events[0].kind == "speech_started" and events[-1].kind == "turn_ended"
+
+
+@pytest.mark.slow
+async def test_smart_detector_hears_the_turn_so_far(utterances: list[AudioFrame],
+                                                    shared_models: tuple[object, object]) -> None:
+    vad, _ = shared_models
+    heard: list[AudioFrame] = []
+
+    class Recording:
+        name = "recording"
+
+        async def completion_probability(self, audio: AudioFrame) -> float:
+            heard.append(audio)
+            return 0.99
+
+    det = SmartTurnDetector(vad, Recording())  # type: ignore[arg-type]
+    utt = utterances[0]
+    audio = AudioFrame.concat([AudioFrame.silence(1.0, 16000), utt, AudioFrame.silence(2.0, 16000)])
+    events = await push_all(det, audio, transcript="Go forward ten meters.")
+    assert [e.kind for e in events] == ["speech_started", "pause", "turn_ended"]
+    (clip,) = heard
+    pause = events[1].time
+    start = events[0].time
+    # the turn so far: from 0.2 s before its speech began (at least 0.2 s before speech_started) up to the pause
+    assert clip.timestamp + clip.duration == pytest.approx(pause, abs=0.021)
+    assert 1.0 - 0.2 - 0.05 <= clip.timestamp <= start - 0.4
+    assert pause < events[2].time <= pause + 0.033  # the transcript came right after the pause event
+
+
+def test_sample_rate_manifest_is_16k(speech_dir: Path) -> None:
+    rows = [json.loads(x) for x in (speech_dir / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    assert {r["sample_rate"] for r in rows if r["file"].startswith("gold/")} >= {16000}
