@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
-from voxline.audio.frame import AudioFrame
+from voxline.audio.frame import MAX_SAMPLE_RATE, AudioFrame
 from voxline.errors import AudioDecodeError, AudioError, UnsupportedFormatError
 
 Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO
@@ -86,7 +86,10 @@ def read_audio(source: Source) -> AudioFrame:
     else:
         if data.shape[0] == 0:
             raise AudioDecodeError(f"{name}: contains no audio samples")
-        frame = AudioFrame(data, int(rate), data.shape[1])
+        try:
+            frame = AudioFrame(data, int(rate), data.shape[1])
+        except AudioError as exc:  # a header with an impossible rate or channel count
+            raise AudioDecodeError(f"{name}: {exc}") from exc
     return frame
 
 
@@ -128,6 +131,8 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     assert isinstance(src, str)
     try:
         i = sf.info(src)
+        if not 1 <= i.samplerate <= MAX_SAMPLE_RATE:
+            raise AudioDecodeError(f"{src}: header claims an impossible sample rate of {i.samplerate} Hz")
         return AudioInfo(src, float(i.duration), int(i.samplerate), int(i.channels),
                          i.subtype_info or i.subtype, i.format.lower())
     except (sf.LibsndfileError, RuntimeError):
