@@ -22,7 +22,7 @@ async def serving(app: Starlette) -> AsyncIterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT) while uvicorn serves `app`."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           ws_max_size=4 << 20, lifespan="off"))
+                                           ws_max_size=24 << 20, lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

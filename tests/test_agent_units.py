@@ -71,6 +71,8 @@ def test_backchannels_and_echo() -> None:
     assert not is_backchannel("wait, stop") and not is_backchannel("")
     assert is_echo("the weather is sunny", "The weather is sunny today, with a light breeze.")
     assert not is_echo("what about tomorrow", "The weather is sunny today.")
+    assert not is_echo("and on mondays", "It opens at nine and closes at five, except on Mondays.")
+    assert not is_echo("stop", "Stop the music, said the conductor.")  # one word is never judged an echo
 
 
 def test_config_defaults_overrides_and_errors(tmp_path: Path) -> None:

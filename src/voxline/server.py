@@ -26,6 +26,7 @@ from voxline.agent.metrics import SessionMetrics
 from voxline.agent.session import Observer, Session
 from voxline.agent.stack import Stack
 from voxline.transports.base import Transport
+from voxline.transports.realtime import RealtimeTransport
 from voxline.transports.twilio import TwilioTransport, voice_webhook
 from voxline.transports.websocket import Limits, WebSocketTransport
 
@@ -91,6 +92,14 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
         finally:
             await transport.close()
 
+    async def realtime_session(ws: WebSocket) -> None:
+        transport = RealtimeTransport(ws, model=ws.query_params.get("model", "voxline"))
+        await transport.start(config.agent.system_prompt)
+        try:
+            await host.run(transport, transport.session_id, "realtime")
+        finally:
+            await transport.close()
+
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(host.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -103,6 +112,7 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
         Route("/", page), Route("/metrics", prometheus), Route("/healthz", healthz),
         WebSocketRoute("/ws", ws_session),
         Route("/twilio/voice", twilio_voice, methods=["POST"]), WebSocketRoute("/twilio/stream", twilio_stream),
+        WebSocketRoute("/v1/realtime", realtime_session),
     ]
     if web.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=str(web)), name="static"))

@@ -134,5 +134,13 @@ class Playout:
             estimate = min(estimate, played + (now - at))
         return max(0.0, min(self._sent_s, estimate))
 
+    def recent_text(self, window_s: float = 5.0) -> str:
+        """Text of the pieces playing in the last `window_s` seconds (what an echo could carry back now)."""
+        played = self.played_seconds()
+        pieces = [text for text, start, end in self.spans if end >= played - window_s and start <= played + self.lead_s]
+        if self._piece is not None:
+            pieces.append(self._piece[0])
+        return " ".join(pieces)
+
     def text_so_far(self) -> str:
         return " ".join(text for text, _, _ in self.spans) + (f" {self._piece[0]}" if self._piece else "")

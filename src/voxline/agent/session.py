@@ -17,7 +17,8 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 from voxline.agent.config import AgentConfig
@@ -54,12 +55,16 @@ def is_backchannel(text: str) -> bool:
 
 
 def is_echo(user_text: str, agent_text: str) -> bool:
-    """Whether a transcript heard during playback is mostly the agent's own words coming back."""
+    """Whether a transcript heard during playback is the agent's own recent words coming back (no echo
+    cancellation on the caller's side). Word pairs, not single words, must match: a real interruption often
+    reuses the agent's words ("and on Mondays?") but rarely in the agent's order."""
     user = _words(user_text)
-    if not user:
+    if len(user) < 2:
         return False
-    agent = set(_words(agent_text))
-    return sum(w in agent for w in user) / len(user) >= 0.6
+    agent = _words(agent_text)
+    agent_pairs = set(pairwise(agent))
+    user_pairs = list(pairwise(user))
+    return sum(p in agent_pairs for p in user_pairs) / len(user_pairs) >= 0.6
 
 
 @dataclass
@@ -83,7 +88,13 @@ class Session:
         self.id = session_id
         self.observers = observers
         self.conversation = Conversation(config.agent.system_prompt, config.agent.max_history_turns)
+        self.turn_options = config.turn
         self.detector: TurnDetector = stack.turn_detector(config.turn)
+        self.voice = config.providers.voice or None
+        self.auto_end_turns = True
+        """False: the detector still finds speech, but only a `commit` event ends the user's turn."""
+        self.auto_respond = True
+        """False: a finished user turn joins the context, and a `respond` event asks for the reply."""
         self.timelines: list[TurnTimeline] = []
         self._resampler: Resampler | None = None
         self._pre_roll: deque[AudioFrame] = deque()
@@ -165,12 +176,18 @@ class Session:
             await self._open_user_turn()
             self.emit({"type": "speech_started", "time": event.time})
         elif event.kind == "turn_ended" and self._user is not None:
-            user, self._user = self._user, None
-            user.timeline.mark("speech_end", self._monotonic_of(event.time))
-            user.timeline.mark("turn_decided")
             self.emit({"type": "turn_ended", "time": event.time})
-            assert self._tasks is not None
-            self._tasks.create_task(self._finish_user_turn(user))
+            if self.auto_end_turns:
+                self._end_user_turn(self._monotonic_of(event.time))
+
+    def _end_user_turn(self, speech_end: float) -> None:
+        user, self._user = self._user, None
+        if user is None:
+            return
+        user.timeline.mark("speech_end", speech_end)
+        user.timeline.mark("turn_decided")
+        assert self._tasks is not None
+        self._tasks.create_task(self._finish_user_turn(user))
 
     async def _open_user_turn(self) -> None:
         if self._user is not None:
@@ -212,7 +229,6 @@ class Session:
         user.timeline.mark("final_transcript")
         text = transcript.text.strip()
         self.emit({"type": "transcript", "final": True, "text": text})
-        self.detector.reset()
         if self._agent_speaking():
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
@@ -221,7 +237,10 @@ class Session:
         if not _words(text):
             self.emit({"type": "ignored", "text": text, "reason": "no speech"})
             return
-        self._start_reply(text, user.timeline)
+        if self.auto_respond:
+            self._start_reply(text, user.timeline)
+        else:
+            self.conversation.add_user(text)
 
     # ---- barge-in -----------------------------------------------------------------------------------------------
 
@@ -239,7 +258,7 @@ class Session:
             return False
         if rules.ignore_backchannels and is_backchannel(text):
             return False
-        return not (self._playout is not None and is_echo(text, self._playout.text_so_far()))
+        return not (self._playout is not None and is_echo(text, self._playout.recent_text()))
 
     def _maybe_barge_in(self) -> None:
         user = self._user
@@ -267,6 +286,7 @@ class Session:
             await asyncio.wait([previous])
         if user_text is not None:
             self.conversation.add_user(user_text)
+        self.emit({"type": "reply_started", "turn": timeline.turn})
         playout = Playout(self.transport, timeline)
         self._playout = playout
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
@@ -322,7 +342,7 @@ class Session:
     async def _speak(self, pieces: asyncio.Queue[str | None], playout: Playout, timeline: TurnTimeline) -> None:
         """Synthesize piece after piece; playout paces the audio out while the next piece is synthesized."""
         tts = self.stack.tts
-        voice = self.config.providers.voice or None
+        voice = self.voice
         async with asyncio.TaskGroup() as group:
             group.create_task(playout.run(self.transport.output_sample_rate))
             try:
@@ -340,16 +360,63 @@ class Session:
     # ---- client events ------------------------------------------------------------------------------------------
 
     async def _on_client_event(self, event: ClientEvent) -> None:
+        """Control from the caller's side: typed turns, playback reports, and the manual controls that the OpenAI
+        Realtime protocol needs (commit, respond, truncate, configure)."""
+        data = event.data
         if event.type == "text":
-            text = str(event.data.get("text", "")).strip()
-            if text:
+            text = str(data.get("text", "")).strip()
+            if not text:
+                return
+            if data.get("respond", True):
                 self._interrupt()
                 self._start_reply(text, TurnTimeline(len(self.timelines) + 1))
-        elif event.type == "playback" and self._playout is not None:
-            played = event.data.get("played_ms")
-            if isinstance(played, int | float):
+            else:
+                self.conversation.add_user(text)
+        elif event.type == "respond":
+            self._interrupt()
+            self._start_reply(None, TurnTimeline(len(self.timelines) + 1))
+        elif event.type == "commit":
+            self._end_user_turn(time.monotonic())
+        elif event.type == "clear_input":
+            if self._user is not None:
+                user, self._user = self._user, None
+                if user.reader is not None:
+                    user.reader.cancel()
+                await user.stream.close()
+                self.detector.reset()
+            self._pre_roll.clear()
+        elif event.type in ("playback", "truncate"):
+            played = data.get("played_ms")
+            if isinstance(played, int | float) and self._playout is not None:
                 self._playout.report_played(played / 1000)
+                if event.type == "truncate" and not self._agent_speaking():
+                    self._rewrite_last_reply(played / 1000)
         elif event.type == "interrupt":
             self._interrupt()
+        elif event.type == "configure":
+            self._configure(data)
         elif event.type == "dtmf":
-            self.emit({"type": "dtmf", "digit": str(event.data.get("digit", ""))})
+            self.emit({"type": "dtmf", "digit": str(data.get("digit", ""))})
+
+    def _rewrite_last_reply(self, played_s: float) -> None:
+        """The caller says it played only `played_s` of the last reply: keep only those words in the context."""
+        assert self._playout is not None
+        last = self.conversation.last("assistant")
+        if last is not None and self.conversation.messages[-1] is last:
+            heard = words_heard(self._playout.spans, played_s)
+            if heard:
+                last.content = heard
+            else:
+                self.conversation.messages.pop()
+
+    def _configure(self, data: dict[str, Any]) -> None:
+        if isinstance(prompt := data.get("system_prompt"), str):
+            self.conversation.system_prompt = prompt
+        if "voice" in data:
+            self.voice = data["voice"] or None
+        if isinstance(turn := data.get("turn"), dict) and turn:
+            self.turn_options = replace(self.turn_options, **turn)
+            self.detector = self.stack.turn_detector(self.turn_options)
+        for flag in ("auto_end_turns", "auto_respond"):
+            if isinstance(data.get(flag), bool):
+                setattr(self, flag, data[flag])

@@ -47,4 +47,4 @@ def serve(host: str, port: int, config_path: Path | None, log_level: str) -> Non
     stderr.print(f"[bold green]voxline[/] listening on [link]http://{host}:{port}/[/link] "
                  f"(stt={stack.stt.name}, llm={stack.llm.name}, tts={stack.tts.name}, "
                  f"turns={config.turn.detector}); Ctrl+C to stop")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=2 << 20)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ws_max_size=24 << 20)
