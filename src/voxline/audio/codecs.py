@@ -78,7 +78,9 @@ def read_audio(source: Source) -> AudioFrame:
     src = _as_input(source)
     name = _name(source)
     try:
-        data, rate = sf.read(src, dtype="int16", always_2d=True)
+        with sf.SoundFile(src) as f:  # float files read as int16 come back as zeros: read them as float
+            floats = f.subtype in ("FLOAT", "DOUBLE")
+            data, rate = f.read(dtype="float32" if floats else "int16", always_2d=True), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError):
         if not isinstance(src, str):
             src.seek(0)
@@ -87,8 +89,8 @@ def read_audio(source: Source) -> AudioFrame:
         if data.shape[0] == 0:
             raise AudioDecodeError(f"{name}: contains no audio samples")
         try:
-            frame = AudioFrame(data, int(rate), data.shape[1])
-        except AudioError as exc:  # a header with an impossible rate or channel count
+            frame = AudioFrame.from_array(data, int(rate)) if floats else AudioFrame(data, int(rate), data.shape[1])
+        except AudioError as exc:  # an impossible rate or channel count, NaN samples
             raise AudioDecodeError(f"{name}: {exc}") from exc
     return frame
 
