@@ -44,6 +44,7 @@
     clears: 0,
     droppedOnClearSamples: 0,
     micLevelDb: -100,
+    micPeakDb: -100, // loudest level seen, for the test
     timelines: [],
   };
   window.voxline = hooks;
@@ -189,6 +190,7 @@
 
   function setLevel(db) {
     hooks.micLevelDb = db;
+    hooks.micPeakDb = Math.max(hooks.micPeakDb, db);
     const pct = Math.max(0, Math.min(100, ((db + 60) / 60) * 100));
     ui.meterFill.style.width = `${pct}%`;
     ui.meter.setAttribute('aria-valuenow', String(Math.round(Math.max(-60, db))));
@@ -261,12 +263,7 @@
           onAudio(e.data);
         }
       };
-      sock.onerror = () => {
-        if (!settled) {
-          settled = true;
-          reject(new Error(`could not connect to ${wsUrl()}`));
-        }
-      };
+      // (an `error` event always comes with a `close` event, which has the code and reason)
       sock.onclose = (e) => {
         if (ws !== sock) return;
         ws = null;
@@ -274,15 +271,16 @@
         stopMic();
         setAgentSpeaking(false);
         const why = e.reason ? `: ${e.reason}` : '';
-        if (e.code === 1000 || e.code === 1005) {
+        if (!settled) { // never got session.started: the caller of connect() reports it
+          settled = true;
+          reject(new Error(`could not connect to ${wsUrl()} (code ${e.code})${why}`));
+        } else if (e.code === 1000 || e.code === 1005) {
           setState('closed', 'disconnected');
         } else {
           setState('error', `closed (${e.code})`);
-          showError('connection', `the server closed the session (code ${e.code})${why}`);
-        }
-        if (!settled) {
-          settled = true;
-          reject(new Error(`connection closed (code ${e.code})${why}`));
+          const gone = e.code === 1001 || e.code === 1006 || e.code === 1012; // going away, dropped, restart
+          showError('connection', gone ? `the server went away (code ${e.code})`
+            : `the server closed the session (code ${e.code})${why}`);
         }
       };
     });
@@ -566,6 +564,7 @@
     } catch (err) {
       showError('connection', String(err.message || err));
       setState('error', 'not connected');
+      if (!ui.text.value) ui.text.value = text; // keep the message for a retry
       return;
     }
     const row = bubble('user', 'typed');
