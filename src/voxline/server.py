@@ -25,6 +25,7 @@ from voxline.agent.config import AgentConfig
 from voxline.agent.metrics import SessionMetrics
 from voxline.agent.session import Observer, Session
 from voxline.agent.stack import Stack
+from voxline.openai_api import openai_routes
 from voxline.transports.base import Transport
 from voxline.transports.realtime import RealtimeTransport
 from voxline.transports.twilio import TwilioTransport, voice_webhook
@@ -113,6 +114,7 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
         WebSocketRoute("/ws", ws_session),
         Route("/twilio/voice", twilio_voice, methods=["POST"]), WebSocketRoute("/twilio/stream", twilio_stream),
         WebSocketRoute("/v1/realtime", realtime_session),
+        *openai_routes(stack),
     ]
     if web.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=str(web)), name="static"))

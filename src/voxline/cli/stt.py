@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from voxline.cli.common import reports_errors, stderr
 from voxline.errors import VoxlineError
-from voxline.providers.base import Segment, Transcript
+from voxline.providers.base import Transcript
+from voxline.subtitles import to_srt, to_vtt
 
 FORMATS = ("text", "json", "srt", "vtt")
 
@@ -38,27 +38,6 @@ class FileResult:
             segments.append(item)
         return {"file": self.file, "text": t.text, "duration_s": round(t.duration, 3), "language": t.language,
                 "segments": segments}
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
-
-
-def to_srt(segments: Sequence[Segment]) -> str:
-    """SubRip: numbered cues, `HH:MM:SS,mmm --> HH:MM:SS,mmm`, a blank line after each."""
-    cues = [f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text}\n"
-            for i, s in enumerate(segments, 1)]
-    return "\n".join(cues)
-
-
-def to_vtt(segments: Sequence[Segment]) -> str:
-    """WebVTT: the `WEBVTT` header, then cues with `HH:MM:SS.mmm --> HH:MM:SS.mmm`."""
-    cues = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text}\n" for s in segments]
-    return "WEBVTT\n\n" + "\n".join(cues)
 
 
 def _render(result: FileResult, fmt: str, words: bool) -> str:
