@@ -7,6 +7,7 @@
 (() => {
   const INPUT_RATE = 16000;
   const DEFAULT_OUTPUT_RATE = 24000;
+  const MAX_EVENTS = 5000; // window.voxline.events keeps the latest ones, so a long call does not grow forever
   const STAGES = [
     ['turn_decided', 'turn decided'],
     ['final_transcript', 'final transcript'],
@@ -205,7 +206,9 @@
         ws.send(JSON.stringify({ type: 'playback', played_ms: ms }));
         hooks.playbackReportsSent += 1;
       }
-      ui.agentFill.style.width = msg.bufferedSamples > 0 ? '100%' : '0%';
+      const db = 20 * Math.log10(Math.max(msg.rms, 1e-5));
+      const pct = Math.max(4, Math.min(100, ((db + 60) / 60) * 100));
+      ui.agentFill.style.width = msg.bufferedSamples > 0 ? `${pct}%` : '0%';
       refreshStats();
     } else if (msg.type === 'cleared') {
       hooks.playedSamples = msg.totalSamples;
@@ -315,6 +318,7 @@
 
   function onEvent(ev) {
     hooks.events.push(ev);
+    if (hooks.events.length > MAX_EVENTS) hooks.events.splice(0, hooks.events.length - MAX_EVENTS);
     switch (ev.type) {
       case 'session.started':
         started = true;
@@ -338,6 +342,10 @@
         break;
       case 'ignored':
         onIgnored(ev);
+        break;
+      case 'reply_started':
+        // (newer servers say so explicitly; agent_done/clear/turn_ended above mark the same boundary otherwise)
+        replyBoundary = true;
         break;
       case 'agent_text':
         agentTurn().append(sentence(ev.text));

@@ -167,6 +167,8 @@ if (typeof registerProcessor === 'function') {
       this.reportEvery = Math.round(sampleRate * 0.1);
       this.sinceReport = 0;
       this.active = false; // rendered something since the last report
+      this.sumSquares = 0; // of what was rendered since the last report, for the page's level meter
+      this.rendered = 0;
       this.port.onmessage = (e) => this.onMessage(e.data);
     }
 
@@ -219,7 +221,12 @@ if (typeof registerProcessor === 'function') {
       const out = outputs[0][0];
       const n = Math.min(out.length, this.count);
       const cap = this.ring.length;
-      for (let i = 0; i < n; i++) out[i] = this.ring[(this.read + i) % cap];
+      for (let i = 0; i < n; i++) {
+        const v = this.ring[(this.read + i) % cap];
+        out[i] = v;
+        this.sumSquares += v * v;
+      }
+      this.rendered += n;
       for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
       this.read = (this.read + n) % cap;
       this.count -= n;
@@ -234,10 +241,13 @@ if (typeof registerProcessor === 'function') {
           this.port.postMessage({
             type: 'played', replySamples: this.replySamples, totalSamples: this.totalSamples,
             bufferedSamples: this.count, droppedSamples: this.dropped,
+            rms: this.rendered ? Math.sqrt(this.sumSquares / this.rendered) : 0,
           });
         }
         this.active = false;
         this.sinceReport = 0;
+        this.sumSquares = 0;
+        this.rendered = 0;
       }
       return true;
     }
