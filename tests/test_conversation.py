@@ -1,0 +1,120 @@
+"""Whole conversations with the real offline stack (Whisper, SmolLM2, Piper, Silero + Smart Turn) over the
+WebSocket, on real recorded speech: the transcript, the spoken reply, the timeline, and barge-in truncation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from serving import serving
+from voxline.agent.config import AgentConfig
+from voxline.agent.stack import Stack, build_stack
+from voxline.audio.codecs import read_audio
+from voxline.audio.frame import AudioFrame
+from voxline.models.store import ModelStore
+from voxline.server import create_app
+
+
+@pytest.fixture(scope="module")
+def config() -> AgentConfig:
+    return AgentConfig.load()
+
+
+@pytest.fixture(scope="module")
+def stack(config: AgentConfig, model_store: ModelStore) -> Stack:
+    return build_stack(config, model_store)
+
+
+@pytest.fixture(scope="module")
+async def url(stack: Stack, config: AgentConfig) -> AsyncIterator[str]:
+    app = create_app(stack, config)
+    async with serving(app) as base:
+        yield base.replace("http", "ws") + "/ws"
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def speech(speech_dir: Path, name: str) -> AudioFrame:
+    return read_audio(speech_dir / name).to_mono().resample(16000)
+
+
+class Caller:
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self.audio = bytearray()
+        self.arrived = asyncio.Event()
+
+    async def listen(self) -> None:
+        async for message in self.ws:
+            if isinstance(message, bytes):
+                self.audio += message
+            else:
+                self.events.append(json.loads(message))
+            self.arrived.set()
+
+    async def say(self, audio: AudioFrame, speed: float = 1.0) -> None:
+        for frame in audio.chunks(0.02):
+            await self.ws.send(frame.pcm())
+            await asyncio.sleep(0.02 / speed)
+
+    async def wait_for(self, kind: str, count: int = 1, within_s: float = 30.0) -> dict[str, Any]:
+        async with asyncio.timeout(within_s):
+            while len(found := [e for e in self.events if e["type"] == kind]) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return found[count - 1]
+
+
+async def test_spoken_question_gets_a_spoken_answer(url: str, speech_dir: Path) -> None:
+    async with websockets.connect(url) as ws:
+        caller = Caller(ws)
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        listener = asyncio.create_task(caller.listen())
+        question = speech(speech_dir, "gold/goforward.flac")
+        await caller.say(AudioFrame.concat([question, AudioFrame.silence(2.5, 16000)]), speed=2.0)
+        timeline = await caller.wait_for("timeline", within_s=60)
+        listener.cancel()
+    final = next(e["text"] for e in caller.events if e["type"] == "transcript" and e["final"])
+    assert words(final) == ["go", "forward", "ten", "meters"] or words(final) == ["go", "forward", "10", "meters"] \
+        or {"go", "forward", "meters"} <= set(words(final)), final
+    done = next(e for e in caller.events if e["type"] == "agent_done")
+    assert words(done["text"]) and not done["interrupted"]
+    reply = AudioFrame.from_pcm(bytes(caller.audio), 24000)
+    assert reply.duration > 0.5 and reply.rms() > 0.01
+    for stage in ("turn_decided", "final_transcript", "llm_first_token", "tts_first_audio", "first_audio_sent"):
+        assert stage in timeline["stages_ms"], stage
+
+
+async def test_barge_in_truncates_to_the_words_played(url: str, speech_dir: Path) -> None:
+    async with websockets.connect(url) as ws:
+        caller = Caller(ws)
+        await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
+        listener = asyncio.create_task(caller.listen())
+        await ws.send(json.dumps({"type": "text", "text": "Tell me about the history of the city of Paris."}))
+        await caller.wait_for("agent_text", within_s=60)
+        while len(caller.audio) < 24000 * 2 * 1.5:  # let 1.5 s of the reply play
+            caller.arrived.clear()
+            await asyncio.wait_for(caller.arrived.wait(), 30)
+        interruption = speech(speech_dir, "gold/LJ002-0020.flac").slice(0, 3.0)
+        await caller.say(AudioFrame.concat([interruption, AudioFrame.silence(2.0, 16000)]))
+        interrupted = await caller.wait_for("interrupted", within_s=30)
+        await caller.wait_for("transcript", within_s=30)
+        await caller.wait_for("agent_done", count=2, within_s=60)
+        listener.cancel()
+    heard, planned = interrupted["heard"], interrupted["planned"]
+    assert heard and words(planned)[: len(words(heard))] == words(heard)
+    assert len(words(heard)) < len(words(planned))
+    assert {"type": "clear"} in caller.events
+    # The first reply's agent_done reports exactly the heard words: that is what the context keeps.
+    first_done = next(e for e in caller.events if e["type"] == "agent_done")
+    assert first_done["interrupted"] and first_done["text"] == heard
