@@ -73,15 +73,15 @@ async def timed(llm: LlamaLLM, messages: list[Message], max_tokens: int) -> Timi
     return Timing(first if first is not None else total, total, usage_in, usage_out, text)
 
 
-async def measure(runs: int, threads: int, max_tokens: int) -> list[Row]:
+async def measure(runs: int, threads: int, max_tokens: int, spin: bool) -> list[Row]:
     colds = {}
     for prompt in PROMPTS:
-        llm = LlamaLLM(n_threads=threads)
+        llm = LlamaLLM(n_threads=threads, spin_wait=spin)
         try:
             colds[prompt] = await timed(llm, [SYSTEM, Message("user", prompt)], max_tokens)
         finally:
             llm.close()
-    llm = LlamaLLM(n_threads=threads)
+    llm = LlamaLLM(n_threads=threads, spin_wait=spin)
     try:
         await timed(llm, [SYSTEM, Message("user", "Hello.")], 4)  # the system prompt is now cached
         warm: dict[str, list[Timing]] = {p: [] for p in PROMPTS}
@@ -111,11 +111,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="warm rounds over all prompts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--spin", action="store_true", help="keep OpenMP's busy-waiting threads (spin_wait)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     disable_hubs()
-    rows = asyncio.run(measure(args.runs, args.threads, args.max_tokens))
-    print(f"SmolLM2-135M-Instruct Q4_1, {args.threads} threads, {args.runs} warm rounds; first token in ms")
+    rows = asyncio.run(measure(args.runs, args.threads, args.max_tokens, args.spin))
+    print(f"SmolLM2-135M-Instruct Q4_1, {args.threads} threads{', spinning' if args.spin else ''}, "
+          f"{args.runs} warm rounds; first token in ms")
     print(f"{'prompt':<48} {'in':>4} {'cold':>6} {'warm med':>8} {'p90':>6} {'follow':>6} {'out':>4} {'tok/s':>6}")
     for r in rows:
         print(f"{r.prompt:<48} {r.input_tokens:>4} {r.cold_first_ms:>6.0f} {r.warm_first_ms_median:>8.0f} "
@@ -123,7 +125,7 @@ def main() -> None:
               f"{r.decode_tok_s:>6.0f}")
     if args.json:
         args.json.write_text(json.dumps({"runs": args.runs, "threads": args.threads, "max_tokens": args.max_tokens,
-                                         "rows": [asdict(r) for r in rows]}, indent=2))
+                                         "spin": args.spin, "rows": [asdict(r) for r in rows]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -75,10 +75,10 @@ def naive(tts: PiperTTS, text: str) -> float:
     return time.perf_counter() - start
 
 
-async def measure(runs: int, threads: int) -> list[Row]:
+async def measure(runs: int, threads: int, spin: bool) -> list[Row]:
     rows = []
     for label, text in TEXTS.items():
-        tts = PiperTTS(threads=threads)  # fresh voice: the first synthesis is the cold one
+        tts = PiperTTS(threads=threads, spin_wait=spin)  # fresh voice: the first synthesis is the cold one
         try:
             cold_first, _, _ = await streamed(tts, text)
             firsts, totals, rtfs, naives = [], [], [], []
@@ -103,11 +103,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="warm runs per text")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads per synthesis")
+    parser.add_argument("--spin", action="store_true", help="let onnxruntime threads busy-wait (spin_wait)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     disable_hubs()
-    rows = asyncio.run(measure(args.runs, args.threads))
-    print(f"Piper joe-medium, {args.threads} threads, {args.runs} warm runs; first audio in ms")
+    rows = asyncio.run(measure(args.runs, args.threads, args.spin))
+    print(f"Piper joe-medium, {args.threads} threads{', spinning' if args.spin else ''}, {args.runs} warm runs; "
+          "first audio in ms")
     print(f"{'text':<24} {'audio s':>7} {'cold':>7} {'warm med':>8} {'p90':>7} {'total':>7} {'RTF':>6} "
           f"{'naive':>7} {'gain':>5}")
     for r in rows:
@@ -115,7 +117,7 @@ def main() -> None:
               f"{r.warm_first_ms_p90:>7.0f} {r.warm_total_ms_median:>7.0f} {r.rtf_median:>6.3f} "
               f"{r.naive_first_ms_median:>7.0f} {r.gain:>5.1f}x")
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "threads": args.threads,
+        args.json.write_text(json.dumps({"runs": args.runs, "threads": args.threads, "spin": args.spin,
                                          "rows": [asdict(r) for r in rows]}, indent=2))
 
 

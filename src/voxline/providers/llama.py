@@ -11,6 +11,10 @@ llama.cpp keeps the KV cache of the previous prompt and `Llama.generate` reuses 
 a warm turn of the same conversation only evaluates the new tokens (system prompt and history are cached).
 When sessions interleave, each turn pays for its whole prompt again.
 
+llama.cpp's OpenMP threads sleep between operations instead of spinning (OMP_WAIT_POLICY=PASSIVE, set before
+llama.cpp is first loaded unless already set): on 2 cores shared with STT, TTS or other processes, spinning
+threads fight for the cores and generation measured 5-10x slower (1-6 tokens/s instead of ~25).
+
 llama.cpp's "extra buffer types" (AMX tiles, repacked weights) are off by default: a build with AMX support
 crashes with a protection fault inside some virtual machines that advertise AMX without enabling it (seen on
 Firecracker guests), and they bring nothing to a 135M Q4_1 model on a laptop CPU.
@@ -21,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +50,8 @@ class LlamaLLM:
     """A GGUF chat model served by llama.cpp; `stream()` yields text deltas, then one delta with token counts.
 
     `temperature` and `max_tokens` are defaults that each `stream()` call may override (temperature 0 is
-    greedy); `extra_buffers` enables llama.cpp's AMX / repacked weight layouts (see the module docstring).
+    greedy); `extra_buffers` enables llama.cpp's AMX / repacked weight layouts and `spin_wait` keeps OpenMP's
+    busy-waiting threads (see the module docstring for both).
     """
 
     name = "llama"
@@ -52,7 +59,11 @@ class LlamaLLM:
     def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None,
                  n_threads: int = 2, n_ctx: int = 2048, temperature: float = 0.2, max_tokens: int = 256,
                  top_p: float = 0.9, top_k: int = 40, repeat_penalty: float = 1.1, seed: int = 1234,
-                 extra_buffers: bool = False) -> None:
+                 extra_buffers: bool = False, spin_wait: bool = False) -> None:
+        if not spin_wait:
+            if "llama_cpp" in sys.modules:
+                log.debug("llama.cpp already loaded: OMP_WAIT_POLICY stays %s", os.environ.get("OMP_WAIT_POLICY"))
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when libgomp loads with llama_cpp
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

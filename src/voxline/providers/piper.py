@@ -8,6 +8,10 @@ grows with the length of one utterance) and bounds the work a cancelled synthesi
 The voice is loaded once by the `PiperTTS` its owner creates and shares between sessions; onnxruntime sessions
 are safe to run from several threads, and synthesis runs on a small thread pool owned by the `PiperTTS`, never
 on the event loop. At most one piece per `synthesize` call is in flight ahead of the consumer.
+
+onnxruntime's worker threads sleep between operations rather than spin (unless `spin_wait`): on 2 cores shared
+with the LLM, STT or other processes, spinning threads steal the cores the work needs (measured ~1.7x slower
+synthesis on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ def split_for_speech(text: str, split: SpeechSplit = SpeechSplit()) -> Iterator[
 class _Voice:
     """One loaded Piper voice: its onnxruntime session and config."""
 
-    def __init__(self, model: Path, threads: int) -> None:
+    def __init__(self, model: Path, threads: int, spin_wait: bool) -> None:
         import onnxruntime as ort
         from piper.config import PiperConfig
         from piper.voice import PiperVoice
@@ -133,6 +137,7 @@ class _Voice:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
             session = ort.InferenceSession(str(model), sess_options=options,
                                            providers=["CPUExecutionProvider"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -165,7 +170,7 @@ class PiperTTS:
     `length_scale` > 1 speaks slower (1 / speaking rate); `volume` multiplies the peak-normalised audio;
     `noise_scale` / `noise_w_scale` set the generator and phoneme-duration noise (None: the voice's own
     values); `threads` is onnxruntime's thread count per synthesis, `max_parallel` how many pieces run at once
-    across all sessions.
+    across all sessions; `spin_wait` lets onnxruntime's threads busy-wait (see the module docstring).
     """
 
     name = "piper"
@@ -173,7 +178,7 @@ class PiperTTS:
     def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None,
                  length_scale: float = 1.0, volume: float = 1.0, noise_scale: float | None = None,
                  noise_w_scale: float | None = None, speaker_id: int | None = None, threads: int = 2,
-                 max_parallel: int = 2, split: SpeechSplit | None = None) -> None:
+                 max_parallel: int = 2, split: SpeechSplit | None = None, spin_wait: bool = False) -> None:
         from piper.config import SynthesisConfig
 
         if not length_scale > 0 or length_scale > 10:
@@ -186,12 +191,13 @@ class PiperTTS:
         if threads < 1 or max_parallel < 1:
             raise ConfigError("threads and max_parallel must be at least 1")
         self._threads = threads
+        self._spin_wait = spin_wait
         self._split = split or SpeechSplit()
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale,
                                            noise_scale=noise_scale, noise_w_scale=noise_w_scale,
                                            volume=volume)
         path = Path(model) if model is not None else (store or ModelStore()).path("piper-joe") / DEFAULT_MODEL
-        self._default = _Voice(path, threads)
+        self._default = _Voice(path, threads, spin_wait)
         self.sample_rate = self._default.sample_rate
         self._voices: dict[Path, _Voice] = {path.resolve(): self._default}
         self._voices_lock = threading.Lock()
@@ -214,7 +220,7 @@ class PiperTTS:
         path = Path(voice).expanduser().resolve()
         with self._voices_lock:
             if path not in self._voices:
-                self._voices[path] = _Voice(path, self._threads)
+                self._voices[path] = _Voice(path, self._threads, self._spin_wait)
             return self._voices[path]
 
     def _render(self, voice: _Voice, text: str) -> np.ndarray:
