@@ -178,7 +178,8 @@ class Session:
         elif event.kind == "turn_ended" and self._user is not None:
             self.emit({"type": "turn_ended", "time": event.time})
             if self.auto_end_turns:
-                self._end_user_turn(self._monotonic_of(event.time))
+                ended = event.speech_end if event.speech_end is not None else event.time
+                self._end_user_turn(self._monotonic_of(ended))
 
     def _end_user_turn(self, speech_end: float) -> None:
         user, self._user = self._user, None

@@ -3,7 +3,7 @@
 Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detector`:
 
 - `energy`: RMS level over 20 ms windows, 0.3 s of silence ends the turn. No model; the baseline.
-- `silero`: Silero VAD probabilities with silence endpointing (`silence_s`, 0.6 s by default).
+- `silero`: Silero VAD probabilities with silence endpointing (`silence_s`, 0.8 s by default).
 - `smart`:  Silero + Smart Turn + the interim transcript. At the first pause (`pause_s` of silence) the
   turn model hears the turn so far; the turn ends there if the model is confident AND the transcript reads
   as finished (`transcript_signal`); otherwise the detector keeps listening up to `max_silence_s`. Read or
@@ -38,6 +38,8 @@ class TurnEvent:
 
     kind: EventKind
     time: float
+    speech_end: float | None = None
+    """On `turn_ended`: when the last speech of the turn ended (stream seconds), for latency timelines."""
 
 
 @runtime_checkable
@@ -74,8 +76,9 @@ class TurnOptions:
     start_s: float = 0.2
     """Speech needed before `speech_started` (shorter blips - coughs, clicks - never start a turn)."""
 
-    silence_s: float = 0.6
-    """Silero detector: silence after speech that ends the turn."""
+    silence_s: float = 0.8
+    """Silero detector: silence after speech that ends the turn (0.8: fewer mid-sentence ends than 0.6 for
+    0.2 s more delay; only ~1.5 s avoids them on read speech, see docs/turn-taking.md)."""
 
     energy_silence_s: float = 0.3
     """Energy detector: silence after speech that ends the turn."""
@@ -88,9 +91,9 @@ class TurnOptions:
     """Smart detector: the turn ends after this much silence even if model or transcript say it is not
     over."""
 
-    turn_threshold: float = 0.5
+    turn_threshold: float = 0.8
     """Smart detector: Smart Turn probability at or above which the model counts as confident the turn is
-    over."""
+    over (0.8 halved premature ends against 0.5 at the same median delay in bench/turns.py)."""
 
     use_transcript: bool = True
     """Smart detector: require the interim transcript to read as finished before ending early (False: model
@@ -208,8 +211,9 @@ class Endpointer:
         """End the current turn now (used by smarter policies); nothing if no turn is running."""
         if not self.in_speech:
             return []
+        speech_end = self.speech_end
         self.reset()
-        return [TurnEvent("turn_ended", time)]
+        return [TurnEvent("turn_ended", time, speech_end)]
 
     def _idle(self, time: float, duration: float, probability: float) -> list[TurnEvent]:
         if probability >= self.threshold:
@@ -259,7 +263,7 @@ class SmartEndpointer(Endpointer):
     still ends the turn early, at the window where it is first seen. Speech again clears the verdict.
     """
 
-    turn_threshold: float = 0.5
+    turn_threshold: float = 0.8
     """Smart Turn probability that counts as confident."""
     use_transcript: bool = True
     """Require the transcript to agree; False reproduces "model alone" endpointing."""
