@@ -1,7 +1,8 @@
 """Turn-detection benchmark: premature ends against end delay, per detector and silence setting.
 
 Two-part turns are built from the dev speech (`multi/`, 5 speakers x 10 utterances): the first ~2-4 s of one
-utterance, cut at a word gap (so it stops mid-sentence), a pause of 0.4-1.2 s, then the last ~2-4 s of another
+utterance, cut at a random word boundary after a word Whisper wrote without punctuation (so it stops
+mid-sentence), a pause of 0.4-1.2 s, then the last ~2-4 s of another
 utterance of the same speaker, starting at a word gap (so the turn ends where the reader ended a sentence), then
 3 s of silence. Single utterances from `single/` (whole, <= 8 s) are the controls. Pauses and silences are filled
 with the recording's own background noise (digital zeros would make every VAD look perfect). Word gaps come from
@@ -65,13 +66,14 @@ class WordTimer:
 
         self.model = WhisperModel(str(ModelStore().path("whisper-base")), compute_type="int8", cpu_threads=2)
         self.cache = cache
-        self.words: dict[str, list[tuple[float, float]]] = json.loads(cache.read_text()) if cache.exists() else {}
+        self.words: dict[str, list[tuple[float, float, str]]] = (
+            json.loads(cache.read_text()) if cache.exists() else {})
 
-    def __call__(self, file: str, audio: AudioFrame) -> list[tuple[float, float]]:
+    def __call__(self, file: str, audio: AudioFrame) -> list[tuple[float, float, str]]:
         if file not in self.words:
             segments, _ = self.model.transcribe(audio.mono_float32(), language="en", beam_size=1,
                                                 word_timestamps=True, condition_on_previous_text=False)
-            self.words[file] = [(w.start, w.end) for s in segments for w in (s.words or [])]
+            self.words[file] = [(w.start, w.end, w.word) for s in segments for w in (s.words or [])]
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             self.cache.write_text(json.dumps(self.words))
         return self.words[file]
@@ -82,15 +84,15 @@ class WordTimer:
         return " ".join(s.text.strip() for s in segments).strip()
 
 
-def _gap_cut(words: list[tuple[float, float]], lo: float, hi: float) -> tuple[float, float, float] | None:
-    """The widest gap between two words whose boundary lies in [lo, hi]: (end of word before, start of next, cut)."""
-    best = None
-    for (_, e1), (s2, _) in itertools.pairwise(words):
-        if lo <= e1 <= hi and (best is None or s2 - e1 > best[1] - best[0]):
-            best = (e1, s2)
-    if best is None:
+def _gap_cut(words: list[tuple[float, float, str]], lo: float, hi: float, rng: random.Random,
+             mid_sentence: bool) -> tuple[float, float, float] | None:
+    """A random word boundary in [lo, hi]: (end of the word before, start of the next, cut point). With
+    `mid_sentence`, only after a word Whisper wrote without punctuation, so the first part stops mid-sentence."""
+    gaps = [(e1, s2) for (_, e1, w1), (s2, _, _) in itertools.pairwise(words)
+            if lo <= e1 <= hi and not (mid_sentence and w1.strip()[-1:] in ".,;:!?-\"")]
+    if not gaps:
         return None
-    e1, s2 = best
+    e1, s2 = rng.choice(gaps)
     return e1, s2, (e1 + s2) / 2 if s2 > e1 else e1
 
 
@@ -123,14 +125,19 @@ def build_turns(n: int, n_controls: int, seed: int, timer: WordTimer) -> list[Tu
     rng = random.Random(seed)
     turns: list[Turn] = []
     speakers = sorted(by_speaker)
+    used: set[tuple[str, ...]] = set()
     while len(turns) < n:
         files = rng.sample(sorted(by_speaker[rng.choice(speakers)]), 2)
+        if tuple(files) in used:
+            continue
+        used.add(tuple(files))
         a, b = (read_audio(SPEECH / f).to_mono().resample(RATE) for f in files)
         wa, wb = timer(files[0], a), timer(files[1], b)
         if len(wa) < 3 or len(wb) < 3:
             continue
-        cut_a = _gap_cut(wa, 2.0, 4.0) if a.duration > 4.5 else (wa[-1][1], a.duration, a.duration)
-        cut_b = _gap_cut(wb, wb[-1][1] - 4.0, wb[-1][1] - 2.0) if b.duration > 4.5 else (0.0, 0.0, 0.0)
+        cut_a = _gap_cut(wa, 2.0, 4.0, rng, mid_sentence=True)
+        cut_b = _gap_cut(wb, wb[-1][1] - 4.0, wb[-1][1] - 2.0, rng, mid_sentence=False) if b.duration > 4.5 \
+            else (0.0, 0.0, 0.0)
         if cut_a is None or cut_b is None:
             continue
         part1, part2 = a.slice(0, cut_a[2]), b.slice(cut_b[2])
@@ -171,6 +178,8 @@ SETTINGS = [
                                                        max_silence_s=1.6), True),
     *[Setting(f"smart+transcript, cap {c} s", TurnOptions(detector="smart", max_silence_s=c), True)
       for c in (1.2, 1.6, 2.0)],
+    Setting("smart(>=0.8)+transcript, cap 1.6 s", TurnOptions(detector="smart", turn_threshold=0.8,
+                                                              max_silence_s=1.6), True),
 ]
 
 
@@ -239,7 +248,7 @@ def score(turns: list[Turn], runs: list[list[TurnEvent]]) -> dict[str, Any]:
 
 
 async def bench_turns(args: argparse.Namespace) -> dict[str, Any]:
-    timer = WordTimer(Path.home() / ".cache" / "voxline" / "bench" / "turn-words.json")
+    timer = WordTimer(Path.home() / ".cache" / "voxline" / "bench" / "turn-words-v2.json")
     turns = build_turns(args.n, args.controls, args.seed, timer)
     vad = SileroVAD()
     model = TimedModel(SmartTurnModel())
@@ -271,7 +280,7 @@ async def bench_turns(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_row(r: dict[str, Any]) -> None:
     if not getattr(print_row, "header", False):
-        print(f"{'setting':32} {'premature':>10} {'in pause':>9} {'delay med':>10} {'p90':>6} "
+        print(f"{'setting':36} {'premature':>10} {'in pause':>9} {'missed':>7} {'delay med':>10} {'p90':>6} "
               f"{'ctl prem':>9} {'ctl delay':>10} {'ST calls':>9}")
         print_row.header = True  # type: ignore[attr-defined]
     tp, c = r["two_part"], r["controls"]
@@ -279,7 +288,7 @@ def print_row(r: dict[str, Any]) -> None:
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
-    print(f"{r['setting']:32} {tp['premature']:>4}/{tp['n']:<5} {tp['premature_in_pause']:>9} "
+    print(f"{r['setting']:36} {tp['premature']:>4}/{tp['n']:<5} {tp['premature_in_pause']:>9} {tp['missed']:>7} "
           f"{f(tp['delay_median_s']):>10} {f(tp['delay_p90_s']):>6} {c['premature']:>4}/{c['n']:<4} "
           f"{f(c['delay_median_s']):>10} {r['smart_turn_calls']:>9}", flush=True)
 
