@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voxline.errors import ConfigError, ModelNotFoundError, ProviderError
+from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, LLMDelta, Message
 from voxline.providers.llama import LlamaLLM
@@ -165,5 +165,9 @@ async def test_bad_input_is_refused_clearly(llm: LlamaLLM, tmp_path: Path) -> No
         [d async for d in llm.stream([Message("user", "hi")], max_tokens=0)]
     with pytest.raises(ModelNotFoundError):
         LlamaLLM(tmp_path / "missing.gguf")
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelError, match=r"garbage\.gguf"):
+        LlamaLLM(garbage)
     with pytest.raises(ConfigError, match="n_threads"):
         LlamaLLM(n_threads=0)

@@ -61,9 +61,10 @@ class LlamaLLM:
                  top_p: float = 0.9, top_k: int = 40, repeat_penalty: float = 1.1, seed: int = 1234,
                  extra_buffers: bool = False, spin_wait: bool = False) -> None:
         if not spin_wait:
-            if "llama_cpp" in sys.modules:
+            if "llama_cpp" in sys.modules:  # libgomp read its settings when llama_cpp was loaded
                 log.debug("llama.cpp already loaded: OMP_WAIT_POLICY stays %s", os.environ.get("OMP_WAIT_POLICY"))
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when libgomp loads with llama_cpp
+            else:
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -72,8 +73,9 @@ class LlamaLLM:
         if n_ctx < 256:
             raise ConfigError(f"n_ctx must be at least 256 tokens, got {n_ctx}")
         _check_sampling(temperature, max_tokens)
-        path = Path(model) if model is not None else (store or ModelStore()).path("smollm2-135m")
-        path = path if model is not None else path / DEFAULT_MODEL
+        if model is None:
+            model = (store or ModelStore()).path("smollm2-135m") / DEFAULT_MODEL
+        path = Path(model)
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF model not found: {path}")
         try:
