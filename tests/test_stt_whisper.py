@@ -14,7 +14,7 @@ from voxline.audio.codecs import read_audio
 from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ConfigError, VoxlineError
 from voxline.models.store import ModelStore
-from voxline.providers.base import STT, STTStream, Transcript
+from voxline.providers.base import STT, SpeculativeSTTStream, STTStream, Transcript
 from voxline.providers.whisper import WhisperSTT, _repeats
 
 pytestmark = pytest.mark.slow
@@ -135,6 +135,29 @@ async def test_stream_gives_interims_then_final_equal_to_batch(stt: WhisperSTT,
     assert all(t.text for t in interims)
     assert got[-1].is_final and got[-1].text == batch.text
     assert stt.active_decodes == 0
+
+
+async def test_pause_speculation_gives_the_final_at_once(stt: WhisperSTT,
+                                                        gold: list[tuple[AudioFrame, str]]) -> None:
+    audio, _ = gold[1]  # 3 s
+    batch = await stt.transcribe(audio, "en")
+    stream = stt.stream(16000, language="en")
+    assert isinstance(stream, SpeculativeSTTStream)
+    got: list[Transcript] = []
+    reader = asyncio.create_task(_collect(stream, got))
+    for chunk in audio.resample(16000).chunks(0.5):
+        await stream.send(chunk)
+    await stream.pause()  # the speaker paused: the final decode starts now ...
+    for chunk in AudioFrame.silence(0.6, 16000).chunks(0.02):
+        await stream.send(chunk)
+        await asyncio.sleep(0.02)  # ... while the turn detector waits out the silence
+    assert any(t.text == batch.text and not t.is_final for t in got), "speculative result not offered as interim"
+    started = asyncio.get_running_loop().time()
+    await stream.finalize()
+    await asyncio.wait_for(reader, 30)
+    assert got[-1].is_final and got[-1].text == batch.text
+    assert asyncio.get_running_loop().time() - started < 0.05  # no decode left at turn end
+    await stream.close()
 
 
 async def test_stream_next_turn_and_close(stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:

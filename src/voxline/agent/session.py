@@ -30,7 +30,7 @@ from voxline.agent.timeline import TurnTimeline
 from voxline.agent.turns import TurnDetector, TurnEvent
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import VoxlineError
-from voxline.providers.base import STTStream, Transcript
+from voxline.providers.base import SpeculativeSTTStream, STTStream, Transcript
 from voxline.transports.base import ClientEvent, Transport
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ class Session:
         if event.kind == "speech_started":
             await self._open_user_turn()
             self.emit({"type": "speech_started", "time": event.time})
+        elif event.kind == "pause" and self._user is not None:
+            if isinstance(self._user.stream, SpeculativeSTTStream):
+                await self._user.stream.pause()
         elif event.kind == "turn_ended" and self._user is not None:
             self.emit({"type": "turn_ended", "time": event.time})
             if self.auto_end_turns:

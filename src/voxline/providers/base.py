@@ -94,6 +94,17 @@ class STTStream(Protocol):
 
 
 @runtime_checkable
+class SpeculativeSTTStream(STTStream, Protocol):
+    """A stream that can start its final decode early, when the speaker pauses.
+
+    Contract: the session calls `pause()` at every pause in the user's speech; if `finalize()` follows with no speech
+    in between (only the silence that ended the turn), the stream may return the speculative result at once.
+    """
+
+    async def pause(self) -> None: ...
+
+
+@runtime_checkable
 class STT(Protocol):
     """Speech to text: batch transcription of whole audio, and live streams for conversations."""
 

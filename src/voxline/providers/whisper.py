@@ -34,7 +34,7 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -415,6 +415,7 @@ class WhisperStream:
         self._out: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
         self._new_audio = asyncio.Event()
         self._interims: asyncio.Task[None] | None = None
+        self._speculation: asyncio.Task[Transcript] | None = None
         self._closed = False
 
     @property
@@ -422,6 +423,8 @@ class WhisperStream:
         return self._samples / SAMPLE_RATE
 
     async def send(self, frame: AudioFrame) -> None:
+        """Add audio to the turn. (Speech after a `pause()` is followed by another `pause()` before the turn can end,
+        which replaces the speculation; see `SpeculativeSTTStream`.)"""
         if self._closed:
             raise ProviderError("send() on a closed Whisper stream", provider="whisper")
         if not isinstance(frame, AudioFrame):
@@ -482,6 +485,29 @@ class WhisperStream:
                 if current is not None and current.cancelling():
                     raise  # we are being cancelled ourselves, not just the interim task
 
+    async def pause(self) -> None:
+        """The speaker paused: decode the turn so far as its final, in the background, so that a turn ending in this
+        pause has its final transcript at once (see `SpeculativeSTTStream`)."""
+        if self._closed:
+            return
+        self._cancel_speculation()
+        samples = self._audio()
+        self._speculation = asyncio.create_task(self._speculate(samples))
+
+    async def _speculate(self, samples: np.ndarray) -> Transcript:
+        transcript = await self._stt._run(
+            FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
+        if transcript.text and transcript.text != self._last_interim:
+            # Also an interim result: turn detectors reading the words get the best transcript of the pause at once.
+            self._last_interim = transcript.text
+            self._out.put_nowait(replace(transcript, is_final=False))
+        return transcript
+
+    def _cancel_speculation(self) -> None:
+        if self._speculation is not None and not self._speculation.done():
+            self._speculation.cancel()
+        self._speculation = None
+
     async def finalize(self) -> None:
         """Decode the turn so far and emit its final transcript; later frames start a new turn."""
         if self._closed:
@@ -490,10 +516,14 @@ class WhisperStream:
         self._flush_resampler()
         samples = self._audio()
         self._chunks, self._samples, self._decoded_samples, self._last_interim = [], 0, 0, ""
+        speculation, self._speculation = self._speculation, None
         started = time.perf_counter()
         try:
-            transcript = await self._stt._run(
-                FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
+            if speculation is not None:  # the turn ended in the pause it was started for: same speech
+                transcript = await speculation
+            else:
+                transcript = await self._stt._run(
+                    FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
         except ProviderError as exc:
             self._out.put_nowait(exc)
             return
@@ -505,6 +535,7 @@ class WhisperStream:
         if self._closed:
             return
         self._closed = True
+        self._cancel_speculation()
         await self._stop_interims()
         self._chunks = []
         self._out.put_nowait(None)
