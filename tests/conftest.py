@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from voxline.models.store import ModelStore, disable_hubs
 
 disable_hubs()
+# Session records and other user data go to a throw-away folder, not the developer's own ~/.local/share.
+os.environ.setdefault("XDG_DATA_HOME", tempfile.mkdtemp(prefix="voxline-test-data-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VOXLINE_SHARED", REPO.parent / "shared"))

@@ -52,7 +52,18 @@ import numpy as np
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
-from voxline.providers.base import LLM, STT, TTS, VAD, LLMDelta, Message, STTStream, Transcript, VADStream
+from voxline.providers.base import (
+    LLM,
+    STT,
+    TTS,
+    VAD,
+    LLMDelta,
+    Message,
+    SpeculativeSTTStream,
+    STTStream,
+    Transcript,
+    VADStream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +505,16 @@ class _ResilientSTTStream:
             raise
         except Exception as exc:
             await self._switch(as_provider_error(exc, self._owner._pname(self._provider)), inner)
+
+    async def pause(self) -> None:
+        """Pass the speaker's pause on to a stream that can decode early (`SpeculativeSTTStream`)."""
+        if isinstance(self._inner, SpeculativeSTTStream):
+            try:
+                await self._inner.pause()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # speculation is an optimisation: its failure is the final decode's business
+                log.debug("pause() failed on %s", self._owner._pname(self._provider), exc_info=True)
 
     async def close(self) -> None:
         self._closed = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,9 +34,47 @@ class ProvidersSection(_Section):
     stt: str = "whisper"
     llm: str = "llama"
     tts: str = "piper"
+    stt_fallback: list[str] = Field(default_factory=list)
+    """Providers to switch to, in order, when the one before fails (also in the middle of a turn)."""
+    llm_fallback: list[str] = Field(default_factory=list)
+    tts_fallback: list[str] = Field(default_factory=list)
     voice: str = ""
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-provider keyword options, e.g. [providers.options.openai] model = "gpt-4o-mini"."""
+
+
+class ReliabilitySection(_Section):
+    stt_final_timeout_s: float = Field(5.0, gt=0)
+    """Longest wait for a final transcript after the turn ended."""
+    llm_first_token_timeout_s: float = Field(5.0, gt=0)
+    tts_first_audio_timeout_s: float = Field(4.0, gt=0)
+    retries: int = Field(1, ge=0, le=5)
+    """Extra attempts on a retryable provider error (429, 5xx, timeouts), with jittered backoff."""
+    fallback_phrases: bool = True
+    """Synthesize apologies at start-up and play them at once when a reply fails."""
+    max_recoveries: int = Field(3, ge=0)
+    """Fallback phrases played per session in a row before the agent stops apologising."""
+
+
+class CacheSection(_Section):
+    enabled: bool = True
+    backend: Literal["disk", "redis"] = "disk"
+    directory: str = ""
+    """Disk cache folder; empty = the XDG cache dir (voxline/tts)."""
+    max_mb: int = Field(512, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class RecordsSection(_Section):
+    enabled: bool = True
+    path: str = ""
+    """SQLite file for session records; empty = the XDG data dir (voxline/sessions.db)."""
+    record_audio: bool = False
+
+
+class CostSection(_Section):
+    prices: str = ""
+    """A price table (YAML); empty = the built-in dated table (src/voxline/prices.yaml)."""
 
 
 class BargeInSection(_Section):
@@ -56,6 +94,10 @@ class AgentConfig(_Section):
     turn: TurnOptions = Field(default_factory=TurnOptions)
     barge_in: BargeInSection = Field(default_factory=BargeInSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    reliability: ReliabilitySection = Field(default_factory=ReliabilitySection)
+    cache: CacheSection = Field(default_factory=CacheSection)
+    records: RecordsSection = Field(default_factory=RecordsSection)
+    cost: CostSection = Field(default_factory=CostSection)
 
     @field_validator("turn", mode="before")
     @classmethod

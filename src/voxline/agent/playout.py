@@ -38,6 +38,7 @@ class Playout:
         self._reported: tuple[float, float] | None = None  # (played seconds, monotonic time of the report)
         self._done = asyncio.Event()
         self._closed = False
+        self._started = False
 
     # ---- producer side (the TTS loop) ---------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class Playout:
     async def run(self, out_rate: int) -> None:
         """Send queued audio in `chunk_s` pieces, paced to real time plus `lead_s`."""
         self._out_rate = out_rate
+        self._started = True
         try:
             while not (self._closed and self._queue.empty()):
                 item = await self._queue.get()
@@ -104,6 +106,8 @@ class Playout:
 
     async def drain(self) -> None:
         """Wait until everything sent has been played out on the caller's side."""
+        if not self._started:
+            return
         await self._done.wait()
         if self._play_start is not None:
             remaining = self._sent_s - (time.monotonic() - self._play_start)

@@ -31,6 +31,7 @@ from voxline.agent.turns import TurnDetector, TurnEvent
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import VoxlineError
 from voxline.providers.base import SpeculativeSTTStream, STTStream, Transcript
+from voxline.resilience import RetryBudget, is_no_speech
 from voxline.transports.base import ClientEvent, Transport
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ Observer = Callable[[dict[str, Any]], None]
 
 STT_RATE = 16000
 PRE_ROLL_S = 0.4  # audio kept from before speech_started, so the STT hears the first syllable
+NOT_UNDERSTOOD_AFTER_S = 1.0  # a turn this long whose transcript holds no words gets "Sorry, I didn't catch that"
 BACKCHANNELS = frozenset("mm mhm mm-hm mm-hmm hmm uh-huh uh huh yeah yep yes ok okay right sure um uh ah oh "
                          "i see got it".split())
 _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
@@ -75,6 +77,7 @@ class _UserTurn:
     started_at: float
     timeline: TurnTimeline
     interim: str = ""
+    audio_s: float = 0.0
     reader: asyncio.Task[None] | None = None
     final: asyncio.Future[Transcript] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -91,6 +94,7 @@ class Session:
         self.turn_options = config.turn
         self.detector: TurnDetector = stack.turn_detector(config.turn)
         self.voice = config.providers.voice or None
+        self._recoveries = RetryBudget(config.reliability.max_recoveries)
         self.auto_end_turns = True
         """False: the detector still finds speech, but only a `commit` event ends the user's turn."""
         self.auto_respond = True
@@ -158,6 +162,7 @@ class Session:
         events = await self.detector.push(mono)
         if self._user is not None:
             await self._user.stream.send(mono)
+            self._user.audio_s += mono.duration
         else:
             self._pre_roll.append(mono)
             while sum(f.duration for f in self._pre_roll) > PRE_ROLL_S:
@@ -233,13 +238,17 @@ class Session:
         user.timeline.mark("final_transcript")
         text = transcript.text.strip()
         self.emit({"type": "transcript", "final": True, "text": text})
+        self.emit({"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
+                   "audio_seconds": round(user.audio_s, 3)})
         if self._agent_speaking():
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
                 return
             self._interrupt()
-        if not _words(text):
+        if is_no_speech(text):
             self.emit({"type": "ignored", "text": text, "reason": "no speech"})
+            if user.audio_s >= NOT_UNDERSTOOD_AFTER_S and not self._agent_speaking():
+                self._start_reply(None, user.timeline, phrase="not_understood")  # speech, but no words in it
             return
         if self.auto_respond:
             self._start_reply(text, user.timeline)
@@ -276,16 +285,17 @@ class Session:
 
     # ---- reply --------------------------------------------------------------------------------------------------
 
-    def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None) -> None:
+    def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None,
+                     phrase: str | None = None) -> None:
         assert self._tasks is not None
         previous = self._reply
         if previous is not None:
             previous.cancel()
         self.timelines.append(timeline)
-        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text))
+        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text, phrase))
 
     async def _run_reply(self, previous: asyncio.Task[None] | None, user_text: str | None,
-                         timeline: TurnTimeline, fixed_text: str | None) -> None:
+                         timeline: TurnTimeline, fixed_text: str | None, phrase: str | None = None) -> None:
         if previous is not None:  # let the interrupted reply record what was heard before the user's new words
             await asyncio.wait([previous])
         if user_text is not None:
@@ -296,12 +306,21 @@ class Session:
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         interrupted = False
         try:
+            failed = False
             try:
-                async with asyncio.TaskGroup() as reply:
-                    reply.create_task(self._generate(pieces, timeline, fixed_text))
-                    reply.create_task(self._speak(pieces, playout, timeline))
+                if phrase is not None:
+                    await self._play_phrase(playout, phrase)
+                else:
+                    async with asyncio.TaskGroup() as reply:
+                        reply.create_task(self._generate(pieces, timeline, fixed_text))
+                        reply.create_task(self._speak(pieces, playout, timeline))
+                    self._recoveries.ok()
             except* VoxlineError as group:
+                failed = True
                 self.emit({"type": "error", "source": "reply", "message": "; ".join(map(str, group.exceptions))})
+            if failed and not playout.spans:  # nothing was said: apologise at once, from memory
+                playout = self._playout = Playout(self.transport, timeline)
+                await self._play_phrase(playout, "error")
             await playout.drain()
             timeline.mark("playback_finished")
         except asyncio.CancelledError:
@@ -316,6 +335,22 @@ class Session:
                 self.emit({"type": "interrupted", "heard": heard, "planned": playout.text_so_far()})
             self.emit({"type": "agent_done", "text": heard, "interrupted": interrupted})
             self.emit(timeline.as_event())
+
+    async def _play_phrase(self, playout: Playout, key: str) -> None:
+        """Play a fallback phrase synthesized at start-up (no provider involved), within the recovery budget."""
+        phrases = self.stack.phrases
+        if phrases is None or not phrases.ready or not self._recoveries.take():
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(playout.run(self.transport.output_sample_rate))
+            try:
+                playout.begin_piece(phrases.text(key))
+                self.emit({"type": "agent_text", "text": phrases.text(key), "phrase": key})
+                async for frame in phrases.play(key):
+                    await playout.put(frame)
+                playout.end_piece()
+            finally:
+                playout.close()
 
     async def _generate(self, pieces: asyncio.Queue[str | None], timeline: TurnTimeline,
                         fixed_text: str | None) -> None:

@@ -1,21 +1,28 @@
 """The providers one process shares among all its sessions, built once from the agent config.
 
 Models are loaded here, once; every `Session` borrows them. Provider modules are imported only when chosen, so a
-cloud-only deployment never loads onnxruntime models it does not use.
+cloud-only deployment never loads onnxruntime models it does not use. Reliability is added from outside, the same
+way for every provider: a timeout, retries, a circuit breaker and a fallback chain when fallbacks are configured,
+the TTS cache, and fallback phrases synthesized at start-up (`await stack.prepare()`).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
-from voxline.agent.config import AgentConfig
+from voxline.agent.config import AgentConfig, ReliabilitySection
 from voxline.agent.turns import TurnDetector, TurnOptions, make_turn_detector
 from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, STT, TTS, VAD, TurnModel
+from voxline.resilience import CircuitBreaker, Fallback, FallbackPhrases, Retrying, with_timeout
+
+log = logging.getLogger(__name__)
 
 # provider name -> (module, class); the class takes keyword options (and `store=` for local models)
 STT_PROVIDERS = {"whisper": ("voxline.providers.whisper", "WhisperSTT"),
@@ -31,6 +38,22 @@ TTS_PROVIDERS = {"piper": ("voxline.providers.piper", "PiperTTS"),
                  "openai": ("voxline.providers.openai", "OpenAITTS"),
                  "scripted": ("voxline.providers.scripted", "ScriptedTTS")}
 LOCAL = {"whisper", "llama", "piper"}
+# provider name -> entry of the price table (prices.yaml), for cost metering
+PRICE_KEYS = {("stt", "whisper"): "local/whisper-base", ("stt", "deepgram"): "deepgram/nova-3",
+              ("stt", "openai"): "openai/whisper-1", ("llm", "llama"): "local/smollm2-135m",
+              ("llm", "openai"): "openai/gpt-4o-mini", ("llm", "anthropic"): "anthropic/claude-3-5-haiku",
+              ("tts", "piper"): "local/piper-joe", ("tts", "elevenlabs"): "elevenlabs/flash-v2.5",
+              ("tts", "openai"): "openai/tts-1"}
+
+
+class ProviderEvents(list[dict[str, Any]]):
+    """Observer of the reliability wrappers (timeouts, retries, fallbacks, breaker changes) of all sessions: logs
+    each event and keeps the latest 50, shown at /healthz."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        log.warning("provider %s: %s", event.get("provider", "?"), event.get("event"))
+        self.append(event)
+        del self[:-50]
 
 
 @dataclass
@@ -40,10 +63,28 @@ class Stack:
     tts: TTS
     vad: VAD | None = None
     turn_model: TurnModel | None = None
+    phrases: FallbackPhrases | None = None
+    """Apologies in the agent's voice, ready to play when a reply fails (after `prepare()`)."""
+    price_keys: dict[str, str | None] = field(default_factory=dict)
+    """Price-table entries of the primary providers ("stt", "llm", "tts"), None when unknown (not billed)."""
+    provider_events: ProviderEvents = field(default_factory=ProviderEvents)
 
     def turn_detector(self, options: TurnOptions) -> TurnDetector:
         """A fresh detector for one session, sharing this stack's VAD and turn model."""
         return make_turn_detector(options, self.vad, self.turn_model)
+
+    async def prepare(self) -> None:
+        """Work to do once before serving: synthesize the fallback phrases."""
+        if self.phrases is not None and not self.phrases.ready:
+            await self.phrases.prepare()
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in ("stt", "llm", "tts"):
+            provider = getattr(self, kind)
+            probe = getattr(provider, "health", None)
+            out[kind] = {"provider": provider.name, **({"chain": probe()} if callable(probe) else {})}
+        return out
 
 
 def _construct(kind: str, table: dict[str, tuple[str, str]], name: str, options: dict[str, Any],
@@ -58,16 +99,56 @@ def _construct(kind: str, table: dict[str, tuple[str, str]], name: str, options:
     return cls(**kwargs)
 
 
+def _resilient(kind: str, table: dict[str, tuple[str, str]], names: list[str], config: AgentConfig,
+               store: ModelStore, observer: Callable[[dict[str, Any]], None]) -> Any:
+    """Primary provider and fallbacks, each behind a timeout and retries; a breaker and a chain when several."""
+    rel: ReliabilitySection = config.reliability
+    limit = {"stt": rel.stt_final_timeout_s, "llm": rel.llm_first_token_timeout_s,
+             "tts": rel.tts_first_audio_timeout_s}[kind]
+    chain = []
+    for name in names:
+        provider = _construct(kind.upper(), table, name, config.providers.options.get(name, {}), store)
+        wrapped: Any = with_timeout(provider, first_item=limit, observer=observer)
+        if rel.retries and name not in LOCAL:  # a local model does not recover by being asked again
+            wrapped = Retrying(wrapped, attempts=rel.retries + 1, observer=observer)
+        if len(names) > 1:
+            wrapped = CircuitBreaker(wrapped, observer=observer)
+        chain.append(wrapped)
+    return chain[0] if len(chain) == 1 else Fallback(*chain, observer=observer)
+
+
+def _cached(tts: TTS, config: AgentConfig) -> TTS:
+    if not config.cache.enabled:
+        return tts
+    from voxline.cache.tts import CachedTTS
+
+    backend: Any
+    if config.cache.backend == "redis":
+        from voxline.cache.redis import RedisCache
+
+        backend = RedisCache(config.cache.redis_url)
+    else:
+        from voxline.cache.disk import DiskCache
+
+        backend = DiskCache(Path(config.cache.directory) if config.cache.directory else None,
+                            max_bytes=config.cache.max_mb * 1024 * 1024)
+    return cast(TTS, CachedTTS(tts, backend))
+
+
 def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
     """Load every provider the config names (models once per process) plus the VAD and turn model it needs."""
     store = store or ModelStore()
     p = config.providers
-    opts = p.options
-    stack = Stack(
-        stt=_construct("STT", STT_PROVIDERS, p.stt, opts.get(p.stt, {}), store),
-        llm=_construct("LLM", LLM_PROVIDERS, p.llm, opts.get(p.llm, {}), store),
-        tts=_construct("TTS", TTS_PROVIDERS, p.tts, opts.get(p.tts, {}), store),
-    )
+    events = ProviderEvents()
+    stack = Stack(stt=_resilient("stt", STT_PROVIDERS, [p.stt, *p.stt_fallback], config, store, events),
+                  llm=_resilient("llm", LLM_PROVIDERS, [p.llm, *p.llm_fallback], config, store, events),
+                  tts=_cached(_resilient("tts", TTS_PROVIDERS, [p.tts, *p.tts_fallback], config, store, events),
+                              config),
+                  provider_events=events)
+    stack.price_keys = {kind: PRICE_KEYS.get((kind, name)) for kind, name in (("stt", p.stt), ("llm", p.llm),
+                                                                            ("tts", p.tts))}
+    if config.reliability.fallback_phrases:
+        stack.phrases = FallbackPhrases(stack.tts, voice=p.voice or None, observer=events)
     detector = config.turn.detector
     if detector in ("silero", "smart"):
         from voxline.providers.silero import SileroVAD
