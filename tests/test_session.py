@@ -16,6 +16,8 @@ from talk import feed, silence, utterance
 from voxline.agent.config import AgentConfig
 from voxline.agent.session import Session
 from voxline.agent.stack import Stack, scripted_stack
+from voxline.errors import ProviderError
+from voxline.resilience import FallbackPhrases
 from voxline.transports.memory import MemoryTransport
 
 LONG_REPLY = ("Sure. The first thing to know is that the weather today will be sunny in the morning. "
@@ -150,3 +152,52 @@ async def test_typed_text_turn_and_greeting(vad_stack: Stack) -> None:
     session, _ = await run_call(vad_stack, config(agent={"greeting": "Hi, how can I help?"}), script)
     assert session.conversation.messages[0].content == "Hi, how can I help?"
     assert [m.role for m in session.conversation.messages] == ["assistant", "user", "assistant"]
+
+
+class BrokenLLM:
+    """An LLM whose service is down: every call fails (after the resilience wrappers gave up)."""
+
+    name = "broken"
+
+    async def stream(self, messages: Any, **kwargs: Any) -> Any:
+        raise ProviderError("503 from the LLM service", provider="broken", retryable=True)
+        yield  # pragma: no cover  (makes this an async generator)
+
+
+async def test_failed_reply_plays_the_fallback_phrase_at_once(vad_stack: Stack) -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = stack_with(vad_stack)
+    stack.llm = BrokenLLM()
+    stack.phrases = FallbackPhrases(stack.tts)
+    await stack.prepare()
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "hello?"}))
+        await t.wait_for("agent_done", 5)
+
+    session, t = await run_call(stack, config(), script)
+    error = next(e for e in t.events if e["type"] == "error")
+    assert "503" in error["message"]
+    phrase = stack.phrases.text("error")
+    assert next(e for e in t.events if e["type"] == "agent_done")["text"] == phrase
+    timeline = next(e for e in t.events if e["type"] == "timeline")
+    assert timeline["stages_ms"]["first_audio_sent"] < 1000  # the apology starts within a second of the fault
+    assert session.conversation.messages[-1].content == phrase
+
+
+async def test_speech_without_words_gets_asked_again(vad_stack: Stack) -> None:
+    stack = stack_with(vad_stack, stt={"text": ""})
+    stack.phrases = FallbackPhrases(stack.tts)
+    await stack.prepare()
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(12, 2.0))
+        await silence(t, 0.6, start=end)
+        await t.wait_for("agent_done", 10)
+
+    _, t = await run_call(stack, config(), script)
+    assert any(e["type"] == "ignored" and e["reason"] == "no speech" for e in t.events)
+    assert next(e for e in t.events if e["type"] == "agent_done")["text"] == stack.phrases.text("not_understood")
+    usage = next(e for e in t.events if e["type"] == "usage" and e["kind"] == "stt")
+    assert usage["audio_seconds"] > 1.0
