@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,7 +202,7 @@ class LlamaLLM:
 
     async def stream(self, messages: Sequence[Message], *, max_tokens: int | None = None,
                      temperature: float | None = None,
-                     tools: Sequence[dict[str, Any]] = ()) -> AsyncIterator[LLMDelta]:
+                     tools: Sequence[dict[str, Any]] = ()) -> AsyncGenerator[LLMDelta, None]:
         """Stream the reply to `messages`. Small local models do not call tools: `tools` is ignored."""
         max_tokens = self.max_tokens if max_tokens is None else max_tokens
         temperature = self.temperature if temperature is None else temperature

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +241,7 @@ class PiperTTS:
             raise ProviderError("this PiperTTS has been closed", provider=self.name) from exc
         return asyncio.wrap_future(future)
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncGenerator[AudioFrame, None]:
         """Frames of speech for `text`, the first as soon as its first piece is ready.
 
         While the consumer handles one frame the next piece is already being synthesized; cancelling the
