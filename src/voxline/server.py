@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -25,6 +26,7 @@ from voxline.agent.config import AgentConfig
 from voxline.agent.metrics import SessionMetrics
 from voxline.agent.session import Observer, Session
 from voxline.agent.stack import Stack
+from voxline.auth import AccessControl, AccessMiddleware, AccessPolicy, run_limited
 from voxline.openai_api import openai_routes
 from voxline.transports.base import Transport
 from voxline.transports.realtime import RealtimeTransport
@@ -37,8 +39,10 @@ log = logging.getLogger(__name__)
 class SessionHost:
     """Runs sessions for every transport of one app, sharing the stack, the metrics and the observers."""
 
-    def __init__(self, stack: Stack, config: AgentConfig, observers: Sequence[Observer]) -> None:
+    def __init__(self, stack: Stack, config: AgentConfig, observers: Sequence[Observer],
+                 max_session_s: float | None = None) -> None:
         self.stack, self.config = stack, config
+        self.max_session_s = max_session_s
         self.metrics = SessionMetrics()
         self.observers: tuple[Observer, ...] = (self.metrics, *observers)
         self.live: dict[str, Session] = {}
@@ -49,7 +53,7 @@ class SessionHost:
         self.metrics.sessions.inc()
         log.info("%s session %s started", kind, session_id)
         try:
-            await session.run()
+            await run_limited(session.run(), self.max_session_s, transport, session_id)
         except Exception as exc:  # one broken session must not take the server down
             log.exception("session %s failed", session_id)
             try:
@@ -63,8 +67,11 @@ class SessionHost:
 
 
 def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observer] = (),
-               limits: Limits | None = None, twilio_auth_token: str | None = None) -> Starlette:
-    host = SessionHost(stack, config, observers)
+               limits: Limits | None = None, twilio_auth_token: str | None = None,
+               access: AccessPolicy | None = None) -> Starlette:
+    access = access or AccessPolicy()
+    control = AccessControl(access, twilio_signed=bool(twilio_auth_token))
+    host = SessionHost(stack, config, observers, access.max_session_s)
     web = resources.files("voxline").joinpath("web")
 
     async def page(request: Request) -> Response:
@@ -81,7 +88,7 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
             await transport.close()
 
     async def twilio_voice(request: Request) -> Response:
-        return await voice_webhook(request, twilio_auth_token)
+        return await voice_webhook(request, twilio_auth_token, stream_path=control.stream_path(request.scope))
 
     async def twilio_stream(ws: WebSocket) -> None:
         transport = TwilioTransport(ws)
@@ -118,6 +125,6 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
     ]
     if web.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=str(web)), name="static"))
-    app = Starlette(routes=routes)
-    app.state.host = host
+    app = Starlette(routes=routes, middleware=[Middleware(AccessMiddleware, control=control)])
+    app.state.host, app.state.access = host, control
     return app

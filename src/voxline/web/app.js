@@ -224,6 +224,11 @@
     return `${scheme}://${location.host}/ws`;
   }
 
+  // A server with API keys: open the page as /?key=KEY. Browsers cannot set headers on a WebSocket, so the key
+  // travels as the socket's ?key= (the server keeps it out of its logs); wsUrl() stays key-free for messages.
+  const apiKey = new URLSearchParams(location.search).get('key');
+  const socketUrl = () => (apiKey ? `${wsUrl()}?key=${encodeURIComponent(apiKey)}` : wsUrl());
+
   /** Open the audio graph (and the mic in voice mode), the socket, and wait for session.started. */
   function connect(mode) {
     if (connecting) return connecting;
@@ -245,7 +250,7 @@
       // Ask for audio at the context rate when the protocol allows it (no resampling at all); else 24 kHz, which
       // the playback worklet resamples.
       const wanted = rate >= 8000 && rate <= 48000 ? Math.round(rate) : DEFAULT_OUTPUT_RATE;
-      const sock = new WebSocket(wsUrl());
+      const sock = new WebSocket(socketUrl());
       sock.binaryType = 'arraybuffer';
       ws = sock;
       started = false;
