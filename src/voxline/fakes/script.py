@@ -59,6 +59,8 @@ class VendorScript:
         self.faults.clear()
         self.requests.clear()
         self.connect_delay = 0.0
+        self.connections = 0
+        self._seen.clear()
 
     async def on_connection(self, conn: HTTPConnection, *, websocket: bool = False) -> None:
         """Count TCP connections; the first request on a new one (every WebSocket) waits `connect_delay`, which

@@ -247,6 +247,7 @@ class DeepgramStream:
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
         self._clean = False
+        self._reconnects = 0
 
     # -- public ----------------------------------------------------------------------------------------------
     async def send(self, frame: AudioFrame) -> None:
@@ -339,18 +340,26 @@ class DeepgramStream:
                 break
 
     async def _reconnect(self, closed: _Closed) -> bool:
+        """Open a new connection and replay the unfinalized audio; `reconnect_attempts` per turn in all."""
         stt = self._stt
-        for attempt in range(1, stt.reconnect_attempts + 1):
+        while True:
+            self._reconnects += 1
+            if self._reconnects > stt.reconnect_attempts:
+                self._out.put_nowait(ProviderError(
+                    f"{stt.name}: connection lost (code {closed.code or 'none: dropped'}) and the "
+                    f"{stt.reconnect_attempts} reconnects allowed per turn are used up", provider=stt.name,
+                    retryable=True))
+                return False
             log.warning("%s: connection lost (%s); reconnecting (%d/%d) and replaying %.2f s of audio", stt.name,
-                        closed.code or "dropped", attempt, stt.reconnect_attempts,
+                        closed.code or "dropped", self._reconnects, stt.reconnect_attempts,
                         self._replay_bytes / (2 * self._rate))
             try:
                 conn = await stt._connect(self._key)
             except ProviderError as exc:
-                if not exc.retryable or attempt == stt.reconnect_attempts:
+                if not exc.retryable or self._reconnects >= stt.reconnect_attempts:
                     self._out.put_nowait(exc)
                     return False
-                await asyncio.sleep(0.2 * attempt)
+                await asyncio.sleep(0.2 * self._reconnects)
                 continue
             async with self._lock:
                 old, self._conn = self._conn, conn
@@ -367,9 +376,6 @@ class DeepgramStream:
             if old is not None:
                 old.keeper.cancel()
             return True
-        self._out.put_nowait(ProviderError(f"{stt.name}: connection lost and {stt.reconnect_attempts} reconnects "
-                                           "failed", provider=stt.name, retryable=True))
-        return False
 
     async def _run(self) -> None:
         try:
@@ -443,6 +449,7 @@ class DeepgramStream:
                                         language=self._key[1], duration=self._sent_s))
         self._segments, self._interim, self._finalizing = [], "", False
         self._clean = True
+        self._reconnects = 0
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
 

@@ -272,7 +272,9 @@ class HTTPProvider:
             if response.status_code >= 400:
                 body = await _read_bounded(response, self.timeouts.first_byte)
                 raise self._error(response.status_code, body, response.headers)
-            yield self._chunks(response)
+            chunks = self._chunks(response)
+            yield chunks
+            await _drain(chunks)  # read the end of the body so the connection goes back to the pool
         finally:
             await response.aclose()
 
@@ -293,6 +295,18 @@ class HTTPProvider:
             first = False
             if chunk:
                 yield chunk
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit_s: float = 0.5, max_bytes: int = 1 << 16) -> None:
+    """Consume what is left of a body (after `[DONE]`, usually just the chunked terminator): a response closed
+    unread closes its connection instead of returning it to the keep-alive pool."""
+    got = 0
+    with contextlib.suppress(TimeoutError, RuntimeError, ProviderError):
+        async with asyncio.timeout(limit_s):
+            async for chunk in chunks:
+                got += len(chunk)
+                if got > max_bytes:
+                    return
 
 
 async def _read_bounded(response: httpx.Response, limit_s: float) -> bytes:
