@@ -4,6 +4,7 @@ replay (no word lost or doubled), pooled connections, batch transcription, and t
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -73,7 +74,7 @@ async def test_live_turn_gives_interims_then_one_final(fakes: FakeVendors) -> No
     assert interims[0] == "one" and "one two three four" in interims
     words = [w for s in finals[0].segments for w in s.words]
     assert [w.text for w in words] == finals[0].text.split()
-    assert all(b.start >= a.end for a, b in zip(words, words[1:], strict=False))
+    assert all(b.start >= a.end for a, b in itertools.pairwise(words))
     assert 3.9 < finals[0].duration < 4.1
     query = fakes.deepgram.requests[-1]["query"]
     assert query["encoding"] == "linear16" and query["sample_rate"] == "16000" and query["model"] == "nova-3"

@@ -350,7 +350,8 @@ def _check_arguments(t: Tool, arguments: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_PY: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "string": str, "boolean": bool, "array": list, "object": dict}
+_PY: dict[str, type | tuple[type, ...]] = {
+    "integer": int, "number": (int, float), "string": str, "boolean": bool, "array": list, "object": dict}
 
 
 def _coerce(value: Any, schema: Mapping[str, Any], hint: Any, where: str) -> Any:

@@ -453,6 +453,8 @@ class MP3Decoder:
         self._head = b""
         self._started = False
         self._bad = 0
+        self._fed = 0
+        self._decoded = 0
 
     def _skip_id3(self, data: bytes) -> bytes | None:
         self._head += data
@@ -488,10 +490,16 @@ class MP3Decoder:
         return out
 
     def feed(self, data: bytes) -> list[AudioFrame]:
-        return self._decode(data)
+        self._fed += len(data)
+        out = self._decode(data)
+        self._decoded += len(out)
+        return out
 
     def flush(self) -> list[AudioFrame]:
-        return self._decode(None)
+        out = self._decode(None) if self._started else []
+        if not self._decoded and not out and self._fed:
+            raise AudioDecodeError(f"no MP3 audio found in {self._fed} streamed bytes")
+        return out
 
 
 def _av_frame(frame: Any) -> AudioFrame:
