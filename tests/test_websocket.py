@@ -20,6 +20,7 @@ from talk import utterance
 from voxline.agent.config import AgentConfig
 from voxline.agent.stack import Stack, scripted_stack
 from voxline.audio.frame import AudioFrame
+from voxline.records import default_path, get_session
 from voxline.server import create_app
 from voxline.transports.websocket import Limits
 
@@ -69,18 +70,29 @@ async def collect(ws: ClientConnection, until: str, within_s: float = 15.0) -> t
 async def test_conversation_over_websocket(base_url: str) -> None:
     async with websockets.connect(ws_url(base_url)) as ws:
         started = await start(ws)
+        session_id = started["session_id"]
         assert started["type"] == "session.started" and started["output_sample_rate"] == 24000
         speech = utterance(5, 2.5)
         sender = asyncio.create_task(send_audio(ws, AudioFrame.concat([speech, AudioFrame.silence(3.0, 16000)])))
-        events, audio = await collect(ws, "timeline")
+        events, audio = await collect(ws, "cost")
         await sender
     kinds = [e["type"] for e in events]
     assert kinds.index("speech_started") < kinds.index("turn_ended") < kinds.index("agent_text")
     assert any(e["type"] == "transcript" and e["final"] and e["text"] == "what time is it" for e in events)
     reply = AudioFrame.from_pcm(audio, 24000)
     assert reply.duration == pytest.approx(7 * 0.04, abs=0.01) and reply.rms() > 0.01
-    timeline = events[-1]
+    timeline = next(e for e in events if e["type"] == "timeline")
     assert timeline["voice_to_voice_ms"] is not None and "first_audio_sent" in timeline["stages_ms"]
+    cost = events[-1]
+    assert cost["currency"] == "USD" and cost["session_cost"] >= cost["turn_cost"] >= 0
+    assert cost["usage"]["stt_seconds"] > 2.0 and cost["usage"]["tts_characters"] > 0
+    for _ in range(100):  # the session record is written by a background thread, as the call goes
+        record = get_session(default_path(), session_id)
+        if record["ended_at"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert [t["user_text"] for t in record["turns"]] == ["what time is it"]
+    assert record["turns"][0]["agent_text"] == "It is ten past four. Anything else?"
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(base_url + "/metrics")).text
         health = (await client.get(base_url + "/healthz")).json()

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -27,7 +29,9 @@ from voxline.agent.metrics import SessionMetrics
 from voxline.agent.session import Observer, Session
 from voxline.agent.stack import Stack
 from voxline.auth import AccessControl, AccessMiddleware, AccessPolicy, run_limited
+from voxline.cost import CostMeter, PriceTable
 from voxline.openai_api import openai_routes
+from voxline.records import RecordStore, SessionRecorder
 from voxline.transports.base import Transport
 from voxline.transports.realtime import RealtimeTransport
 from voxline.transports.twilio import TwilioTransport, voice_webhook
@@ -37,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class SessionHost:
-    """Runs sessions for every transport of one app, sharing the stack, the metrics and the observers."""
+    """Runs sessions for every transport of one app, sharing the stack, the metrics and the observers; gives each
+    session its own cost meter and (when enabled) a crash-safe record."""
 
     def __init__(self, stack: Stack, config: AgentConfig, observers: Sequence[Observer],
                  max_session_s: float | None = None) -> None:
@@ -46,9 +51,21 @@ class SessionHost:
         self.metrics = SessionMetrics()
         self.observers: tuple[Observer, ...] = (self.metrics, *observers)
         self.live: dict[str, Session] = {}
+        self.prices = PriceTable.load(config.cost.prices or None)
+        self.records = RecordStore(config.records.path or None) if config.records.enabled else None
 
     async def run(self, transport: Transport, session_id: str, kind: str) -> None:
-        session = Session(self.stack, self.config, transport, observers=self.observers, session_id=session_id)
+        keys = self.stack.price_keys
+        meter = CostMeter(self.prices, stt=keys.get("stt"), llm=keys.get("llm"), tts=keys.get("tts"))
+        recorder = None
+        if self.records is not None:
+            recorder = SessionRecorder(self.records, session_id, meter=meter,
+                                       metadata={"transport": kind, **self.stack.health()},
+                                       record_audio=self.config.records.record_audio)
+        session = Session(self.stack, self.config, transport,
+                          observers=(*self.observers, recorder or meter), session_id=session_id)
+        session.observers = (*session.observers, _CostReporter(session, meter, closes_turns=recorder is None))
+        started = time.monotonic()
         self.live[session_id] = session
         self.metrics.sessions.inc()
         log.info("%s session %s started", kind, session_id)
@@ -63,7 +80,28 @@ class SessionHost:
         finally:
             self.metrics.sessions.dec()
             self.live.pop(session_id, None)
-            log.info("%s session %s ended", kind, session_id)
+            meter.finish(time.monotonic() - started)
+            if recorder is not None:
+                recorder.close()
+            log.info("%s session %s ended (cost $%.5f)", kind, session_id, meter.session_total())
+
+
+class _CostReporter:
+    """Tells the caller what each turn cost, as a `cost` event after the turn's timeline."""
+
+    def __init__(self, session: Session, meter: CostMeter, *, closes_turns: bool) -> None:
+        self.session, self.meter, self.closes_turns = session, meter, closes_turns
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "timeline":
+            return
+        if self.closes_turns:
+            self.meter.close_turn()
+        turn = self.meter.turns[-1] if self.meter.turns else None
+        self.session.emit({"type": "cost", "turn": event.get("turn"), "currency": "USD",
+                           "turn_cost": float(turn.total) if turn else 0.0,
+                           "session_cost": float(self.meter.session_total()),
+                           "usage": turn.usage if turn else {}})
 
 
 def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observer] = (),
@@ -113,7 +151,7 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
 
     async def healthz(request: Request) -> Response:
         body: dict[str, Any] = {"status": "ok", "version": __version__, "sessions": len(host.live),
-                                "providers": {"stt": stack.stt.name, "llm": stack.llm.name, "tts": stack.tts.name}}
+                                "providers": stack.health(), "provider_events": stack.provider_events[-10:]}
         return JSONResponse(body)
 
     routes: list[BaseRoute] = [
@@ -125,6 +163,13 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
     ]
     if web.is_dir():
         routes.append(Mount("/static", StaticFiles(directory=str(web)), name="static"))
-    app = Starlette(routes=routes, middleware=[Middleware(AccessMiddleware, control=control)])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await stack.prepare()  # fallback phrases, synthesized in the server's own event loop
+        yield
+        if host.records is not None:
+            host.records.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AccessMiddleware, control=control)])
     app.state.host, app.state.access = host, control
     return app

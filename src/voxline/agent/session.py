@@ -137,14 +137,15 @@ class Session:
             self._user = None
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Hand an event to the observers (metrics, records, cost) and queue it for the caller."""
+        """Queue an event for the caller, then hand it to the observers (metrics, records, cost). Queued first, so
+        that events an observer emits in response reach the caller after the event they answer."""
+        if self._tasks is not None:
+            self._tasks.create_task(self._send_event(event))
         for observer in self.observers:
             try:
                 observer({"session": self.id, **event})
             except Exception:  # an observer must never break a call
                 log.exception("session observer failed on %s", event.get("type"))
-        if self._tasks is not None:
-            self._tasks.create_task(self._send_event(event))
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # a caller that went away is the receive loop's business

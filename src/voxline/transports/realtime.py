@@ -155,7 +155,7 @@ class RealtimeTransport:
         elif kind == "agent_done" and self._response is not None:
             await self._close_response(event)
         elif kind == "error":
-            await self._error(str(event.get("message", "error")), "server_error")
+            await self._error(str(event.get("message", "error")), str(event.get("code") or "server_error"))
 
     async def _commit_user_item(self) -> None:
         item = self._user_item or _id("item")

@@ -47,6 +47,7 @@
     micLevelDb: -100,
     micPeakDb: -100, // loudest level seen, for the test
     timelines: [],
+    costs: {}, // turn -> the server's `cost` event (money per turn and for the session so far)
   };
   window.voxline = hooks;
 
@@ -376,6 +377,10 @@
         hooks.timelines.push(ev);
         renderTimelines();
         break;
+      case 'cost':
+        hooks.costs[ev.turn] = ev;
+        renderTimelines();
+        break;
       case 'error':
         showError(ev.code || ev.source || 'error', ev.message || 'unknown error');
         break;
@@ -501,6 +506,14 @@
         v2v.classList.add('muted');
       }
       head.append(title, v2v);
+      const cost = hooks.costs[t.turn];
+      if (cost) {
+        const money = document.createElement('span');
+        money.className = 'tl-cost muted';
+        money.title = 'this turn / the whole session so far (price table: voxline cost)';
+        money.textContent = `$${cost.turn_cost.toFixed(5)} · session $${cost.session_cost.toFixed(5)}`;
+        head.append(money);
+      }
       card.append(head);
       let prev = 0;
       STAGES.forEach(([key, label], i) => {
