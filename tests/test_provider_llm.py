@@ -162,7 +162,7 @@ async def test_mid_stream_failures(fakes: FakeVendors, kind: str, fault: str, wo
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 async def test_slow_first_byte_times_out(fakes: FakeVendors, kind: str) -> None:
-    (fakes.openai if kind == "openai" else fakes.anthropic).fail("slow_first_byte", delay=3)
+    (fakes.openai if kind == "openai" else fakes.anthropic).fail("slow_first_byte", delay=1)
     with pytest.raises(ProviderError) as info:
         await collect(make(kind, fakes, first_byte_timeout=0.3))
     assert "timed out" in str(info.value) and "first byte" in str(info.value) and info.value.retryable

@@ -129,7 +129,7 @@ class ElevenLabsTTS(HTTPProvider):
         self.inactivity_timeout = inactivity_timeout
         self.keepalive_s = keepalive_s
         self._warm: list[_Socket] = []
-        self._warming: set[asyncio.Task[None]] = set()
+        self._warming: set[asyncio.Task[None]] = set()  # sockets being opened or closed in the background
 
     async def check(self) -> dict[str, Any]:
         data = await self.request_json("GET", "/v1/user")
@@ -272,7 +272,10 @@ class ElevenLabsTTS(HTTPProvider):
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
-            await ws.close()
+            # the close handshake runs in the background: a barge-in must not wait for the server to answer it
+            closing = asyncio.create_task(ws.close())
+            self._warming.add(closing)
+            closing.add_done_callback(self._warming.discard)
 
     async def _send_text(self, ws: ClientConnection, text: AsyncIterable[str]) -> None:
         """Forward the text in word-sized pieces ending in a space (what the API wants), then flush and end."""
@@ -307,7 +310,9 @@ class ElevenLabsTTS(HTTPProvider):
 
     async def aclose(self) -> None:
         for task in list(self._warming):
-            task.cancel()
+            if task.get_coro().__name__ == "warm":  # type: ignore[union-attr]
+                task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         while self._warm:
             sock = self._warm.pop()
             if sock.keepalive:

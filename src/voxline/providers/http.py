@@ -354,7 +354,7 @@ async def ws_connect(provider: str, url: str, headers: Mapping[str, str], *, tim
     """Open a WebSocket; a refused handshake becomes the same `ProviderError` its HTTP status would."""
     try:
         return await websockets.connect(url, additional_headers=dict(headers), open_timeout=timeouts.connect,
-                                        max_size=16 << 20, ping_interval=20, ping_timeout=20, close_timeout=2)
+                                        max_size=16 << 20, ping_interval=20, ping_timeout=20, close_timeout=1)
     except InvalidStatus as exc:
         r = exc.response
         raise status_error(provider, r.status_code, bytes(r.body or b""), dict(r.headers.raw_items()), secret) from None
