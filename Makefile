@@ -5,13 +5,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch for the voices extra: the machine's CPU-only wheel when there is one (PyPI's Linux torch is the CUDA
+# build, several GB); elsewhere set TORCH_CPU='--index-url https://download.pytorch.org/whl/cpu
+# --extra-index-url https://pypi.org/simple --index-strategy unsafe-best-match' (docs/voices.md).
+TORCH_CPU ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),--find-links /opt/wheels)
 
 .PHONY: install serve test lint bench system-deps
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/uv pip install --python $(BIN)/python -c requirements.lock -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/uv pip install --python $(BIN)/python -c requirements.lock $(TORCH_CPU) -e '.[dev,voices]'
 	touch $(STAMP)
 
 install: $(STAMP)
