@@ -201,3 +201,90 @@ async def test_speech_without_words_gets_asked_again(vad_stack: Stack) -> None:
     assert next(e for e in t.events if e["type"] == "agent_done")["text"] == stack.phrases.text("not_understood")
     usage = next(e for e in t.events if e["type"] == "usage" and e["kind"] == "stt")
     assert usage["audio_seconds"] > 1.0
+
+
+async def test_slow_tool_gets_a_filler_and_its_result_reaches_the_reply(vad_stack: Stack) -> None:
+    from voxline.agent.tools import ToolBox, tool
+    from voxline.providers.base import ToolCall
+    from voxline.transports.base import ClientEvent
+
+    ran: list[str] = []
+
+    @tool
+    async def weather(city: str) -> str:
+        """Look up the weather.
+
+        Args:
+            city: The city.
+        """
+        await asyncio.sleep(1.0)
+        ran.append(city)
+        return f"sunny in {city}"
+
+    stack = stack_with(vad_stack, llm={"reply": "It is sunny in Paris.",
+                                       "tool_call": ToolCall("call_1", "weather", {"city": "Paris"})})
+    stack.tools = ToolBox([weather])
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "weather in Paris?"}))
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(stack, config(), script)
+    spoken = [e["text"] for e in t.events if e["type"] == "agent_text"]
+    assert spoken == ["Let me check.", "One moment.", "It is sunny in Paris."]
+    assert ran == ["Paris"]
+    roles = [m.role for m in session.conversation.messages]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert session.conversation.messages[2].content == "sunny in Paris"
+    last_llm_call = stack.llm.calls[-1]  # type: ignore[attr-defined]
+    assert last_llm_call[-1].role == "tool"
+
+
+async def test_barge_in_cancels_a_running_tool(vad_stack: Stack) -> None:
+    from voxline.agent.tools import ToolBox, tool
+    from voxline.providers.base import ToolCall
+    from voxline.transports.base import ClientEvent
+
+    finished: list[bool] = []
+
+    @tool
+    async def slow_search(query: str) -> str:
+        """Search slowly.
+
+        Args:
+            query: What to look for.
+        """
+        await asyncio.sleep(5.0)
+        finished.append(True)
+        return "found"
+
+    stack = stack_with(vad_stack, llm={"tool_call": ToolCall("c1", "slow_search", {"query": "x"})})
+    stack.tools = ToolBox([slow_search])
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "search for x"}))
+        await t.wait_for("tool_call", 5)
+        await t.push(ClientEvent("interrupt"))
+        await t.wait_for("agent_done", 5)
+        await asyncio.sleep(0.2)
+
+    _, t = await run_call(stack, config(), script)
+    assert any(e["type"] == "interrupted" for e in t.events)
+    assert not finished
+
+
+async def test_end_call_tool_hangs_up_after_the_goodbye(vad_stack: Stack) -> None:
+    from voxline.agent.tools import BUILTIN_TOOLS, ToolBox
+    from voxline.providers.base import ToolCall
+    from voxline.transports.base import ClientEvent
+
+    stack = stack_with(vad_stack, llm={"reply": "Goodbye!", "tool_call": ToolCall("c1", "end_call", {})})
+    stack.tools = ToolBox(BUILTIN_TOOLS)
+    transport = MemoryTransport()
+    session = Session(stack, config(), transport)
+    runner = asyncio.create_task(session.run())
+    await transport.push(ClientEvent("text", {"text": "that's all, bye"}))
+    await asyncio.wait_for(runner, 10)  # the session ends by itself: no hang-up from the caller
+    kinds = [e["type"] for e in transport.events]
+    assert kinds.index("agent_done") < kinds.index("call_ended")
+    assert session.conversation.messages[-1].content == "Goodbye!"

@@ -28,6 +28,8 @@ class AgentSection(_Section):
     max_tokens: int = Field(60, ge=1, le=4096)
     temperature: float = Field(0.3, ge=0.0, le=2.0)
     max_history_turns: int = Field(10, ge=1)
+    tools: list[str] = Field(default_factory=list)
+    """Built-in tools the LLM may call: current_time, end_call (needs an LLM that supports function calling)."""
 
 
 class ProvidersSection(_Section):

@@ -27,10 +27,11 @@ from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter
 from voxline.agent.stack import Stack
 from voxline.agent.timeline import TurnTimeline
+from voxline.agent.tools import ToolBox
 from voxline.agent.turns import TurnDetector, TurnEvent
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import VoxlineError
-from voxline.providers.base import SpeculativeSTTStream, STTStream, Transcript
+from voxline.providers.base import SpeculativeSTTStream, STTStream, ToolCall, Transcript
 from voxline.resilience import RetryBudget, is_no_speech
 from voxline.transports.base import ClientEvent, Transport
 
@@ -40,6 +41,9 @@ Observer = Callable[[dict[str, Any]], None]
 
 STT_RATE = 16000
 PRE_ROLL_S = 0.4  # audio kept from before speech_started, so the STT hears the first syllable
+MAX_TOOL_ROUNDS = 3  # LLM -> tools -> LLM rounds in one reply
+FILLER_AFTER_S = 0.6  # a tool still running after this long gets a spoken filler
+FILLER = "One moment."
 NOT_UNDERSTOOD_AFTER_S = 1.0  # a turn this long whose transcript holds no words gets "Sorry, I didn't catch that"
 BACKCHANNELS = frozenset("mm mhm mm-hm mm-hmm hmm uh-huh uh huh yeah yep yes ok okay right sure um uh ah oh "
                          "i see got it".split())
@@ -95,6 +99,9 @@ class Session:
         self.detector: TurnDetector = stack.turn_detector(config.turn)
         self.voice = config.providers.voice or None
         self._recoveries = RetryBudget(config.reliability.max_recoveries)
+        self._said_before_tools: list[str] = []
+        self.end_requested = asyncio.Event()
+        """Set by the `end_call` tool: the session ends once the current reply has been spoken."""
         self.auto_end_turns = True
         """False: the detector still finds speech, but only a `commit` event ends the user's turn."""
         self.auto_respond = True
@@ -111,19 +118,33 @@ class Session:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Serve the caller until they hang up, or until the agent ends the call (the `end_call` tool)."""
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 if self.config.agent.greeting:
                     self._start_reply(None, TurnTimeline(0), fixed_text=self.config.agent.greeting)
-                async for item in self.transport.receive():
-                    if isinstance(item, AudioFrame):
-                        await self._on_audio(item)
-                    else:
-                        await self._on_client_event(item)
+                listening = tasks.create_task(self._listen())
+                ending = tasks.create_task(self._end_when_asked(listening))
+                await asyncio.wait([listening])  # the caller hung up, or `_end_when_asked` stopped listening
+                ending.cancel()
                 await self._end()
         finally:
             self._tasks = None
+
+    async def _listen(self) -> None:
+        async for item in self.transport.receive():
+            if isinstance(item, AudioFrame):
+                await self._on_audio(item)
+            else:
+                await self._on_client_event(item)
+
+    async def _end_when_asked(self, listening: asyncio.Task[None]) -> None:
+        await self.end_requested.wait()
+        if self._reply is not None:  # say goodbye first
+            await asyncio.wait([self._reply])
+        self.emit({"type": "call_ended", "reason": "the agent ended the call"})
+        listening.cancel()
 
     async def _end(self) -> None:
         """The caller hung up: stop everything this session started."""
@@ -331,7 +352,10 @@ class Session:
             raise
         finally:
             heard = words_heard(playout.spans, playout.played_seconds())
-            self.conversation.add_assistant(heard)
+            recorded = " ".join(s for s in self._said_before_tools if s)  # already in the tool-call messages
+            self._said_before_tools = []
+            self.conversation.add_assistant(heard[len(recorded):] if recorded and heard.startswith(recorded)
+                                            else heard)
             if interrupted:
                 self.emit({"type": "interrupted", "heard": heard, "planned": playout.text_so_far()})
             self.emit({"type": "agent_done", "text": heard, "interrupted": interrupted})
@@ -362,22 +386,58 @@ class Session:
                 for piece in splitter.push(fixed_text) + splitter.flush():
                     await pieces.put(piece)
                 return
-            stream = self.stack.llm.stream(self.conversation.for_llm(), max_tokens=self.config.agent.max_tokens,
-                                           temperature=self.config.agent.temperature)
-            async for delta in stream:
-                if delta.text:
-                    timeline.mark("llm_first_token")
-                    for piece in splitter.push(delta.text):
-                        timeline.mark("first_sentence")
-                        await pieces.put(piece)
-                if delta.input_tokens is not None or delta.output_tokens is not None:
-                    self.emit({"type": "usage", "kind": "llm", "provider": self.stack.llm.name,
-                               "input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens})
+            tools = self.stack.tools
+            specs = tools.specs() if tools is not None and len(tools) else []
+            for _ in range(MAX_TOOL_ROUNDS + 1):
+                said, calls = [], []
+                stream = self.stack.llm.stream(self.conversation.for_llm(), max_tokens=self.config.agent.max_tokens,
+                                               temperature=self.config.agent.temperature, tools=specs)
+                async for delta in stream:
+                    if delta.text:
+                        timeline.mark("llm_first_token")
+                        said.append(delta.text)
+                        for piece in splitter.push(delta.text):
+                            timeline.mark("first_sentence")
+                            await pieces.put(piece)
+                    if delta.tool_call is not None:
+                        calls.append(delta.tool_call)
+                    if delta.input_tokens is not None or delta.output_tokens is not None:
+                        self.emit({"type": "usage", "kind": "llm", "provider": self.stack.llm.name,
+                                   "input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens})
+                if not calls or tools is None:
+                    break
+                for piece in splitter.flush():  # what was said before the call is spoken while the tools run
+                    await pieces.put(piece)
+                await self._run_tools(tools, "".join(said), calls, pieces)
             for piece in splitter.flush():
                 timeline.mark("first_sentence")
                 await pieces.put(piece)
         finally:
             pieces.put_nowait(None)
+
+    async def _run_tools(self, tools: ToolBox, said: str, calls: list[ToolCall],
+                         pieces: asyncio.Queue[str | None]) -> None:
+        """Run the calls the LLM asked for (cancelled with the reply on barge-in); if they are slow, say a filler
+        meanwhile. Calls and results join the conversation, so the next LLM round (and later turns) see them."""
+        for call in calls:
+            self.emit({"type": "tool_call", "name": call.name, "arguments": call.arguments})
+        running = [tools.start(call) for call in calls]
+        try:
+            done, _ = await asyncio.wait(running, timeout=FILLER_AFTER_S)
+            if len(done) < len(running):
+                await pieces.put(FILLER)
+            results = [await task for task in running]
+        finally:
+            for task in running:
+                task.cancel()
+        self.conversation.messages.append(ToolBox.assistant_message(said, calls))
+        self._said_before_tools.append(said.strip())
+        for result in results:
+            self.conversation.messages.append(result.message())
+            self.emit({"type": "tool_result", "name": result.call.name, "error": result.is_error,
+                       "seconds": round(result.seconds, 3)})
+            if result.ends_call:
+                self.end_requested.set()
 
     async def _speak(self, pieces: asyncio.Queue[str | None], playout: Playout, timeline: TurnTimeline) -> None:
         """Synthesize piece after piece; playout paces the audio out while the next piece is synthesized."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from voxline.agent.config import AgentConfig, ReliabilitySection
+from voxline.agent.tools import BUILTIN_TOOLS, ToolBox
 from voxline.agent.turns import TurnDetector, TurnOptions, make_turn_detector
 from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
@@ -64,6 +65,8 @@ class Stack:
     tts: TTS
     vad: VAD | None = None
     turn_model: TurnModel | None = None
+    tools: ToolBox | None = None
+    """Functions the LLM may call during a reply (the config's built-ins, plus any an application adds)."""
     phrases: FallbackPhrases | None = None
     """Apologies in the agent's voice, ready to play when a reply fails (after `prepare()`)."""
     price_keys: dict[str, str | None] = field(default_factory=dict)
@@ -136,6 +139,14 @@ def _cached(tts: TTS, config: AgentConfig) -> TTS:
     return cast(TTS, CachedTTS(tts, backend))
 
 
+def _tools(names: list[str]) -> ToolBox | None:
+    builtins = {t.name: t for t in BUILTIN_TOOLS}
+    unknown = [n for n in names if n not in builtins]
+    if unknown:
+        raise ConfigError(f"unknown tool(s) {', '.join(unknown)}; built-in tools: {', '.join(builtins)}")
+    return ToolBox([builtins[n] for n in names]) if names else None
+
+
 def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
     """Load every provider the config names (models once per process) plus the VAD and turn model it needs."""
     store = store or ModelStore()
@@ -150,6 +161,7 @@ def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
                   tts=_cached(_resilient("tts", TTS_PROVIDERS, [p.tts, *p.tts_fallback], config, store, events),
                               config),
                   provider_events=events)
+    stack.tools = _tools(config.agent.tools)
     stack.price_keys = {kind: PRICE_KEYS.get((kind, name)) for kind, name in (("stt", p.stt), ("llm", p.llm),
                                                                             ("tts", p.tts))}
     if config.reliability.fallback_phrases:

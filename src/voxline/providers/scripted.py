@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from voxline.audio.frame import AudioFrame
-from voxline.providers.base import LLMDelta, Message, Transcript
+from voxline.providers.base import LLMDelta, Message, ToolCall, Transcript
 
 
 class ScriptedSTTStream:
@@ -74,11 +74,17 @@ class ScriptedSTT:
 
 @dataclass
 class ScriptedLLM:
-    """Waits `first_token_s`, then streams `reply` one word (with its trailing space) every `token_interval_s`."""
+    """Waits `first_token_s`, then streams `reply` one word (with its trailing space) every `token_interval_s`.
+
+    With `tool_call` set and tools offered, the first round says `tool_preamble` and asks for that call instead;
+    once the conversation holds a tool result, it replies with `reply`.
+    """
 
     reply: str = "It is ten past four. Anything else?"
     first_token_s: float = 0.200
     token_interval_s: float = 0.010
+    tool_call: ToolCall | None = None
+    tool_preamble: str = "Let me check."
     name: str = "scripted-llm"
     calls: list[list[Message]] = field(default_factory=list)
 
@@ -86,6 +92,11 @@ class ScriptedLLM:
                      temperature: float | None = None, tools: Sequence[dict[str, Any]] = ()
                      ) -> AsyncIterator[LLMDelta]:
         self.calls.append(list(messages))
+        if self.tool_call is not None and tools and messages[-1].role != "tool":
+            await asyncio.sleep(self.first_token_s)
+            yield LLMDelta(text=self.tool_preamble)
+            yield LLMDelta(tool_call=self.tool_call)
+            return
         tokens = [w + " " for w in self.reply.split(" ")]
         tokens[-1] = tokens[-1].rstrip()
         if max_tokens is not None:
