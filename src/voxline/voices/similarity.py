@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,9 @@ class SpeakerEncoder:
     def __init__(self, *, threads: int | None = None) -> None:
         try:
             import torch
-            from resemblyzer import VoiceEncoder
+            with warnings.catch_warnings():  # resemblyzer imports a deprecated scipy.ndimage path
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from resemblyzer import VoiceEncoder
         except ImportError as exc:
             raise ModelError(f"{INSTALL_HINT} ({exc})") from exc
         if threads is not None:
@@ -85,6 +88,8 @@ class SpeakerEncoder:
         wav = audio.to_mono().resample(ENCODER_RATE).mono_float32()
         if not np.all(np.isfinite(wav)):
             raise AudioError("audio has NaN or infinite samples")
+        if not wav.size or float(np.sqrt(np.mean(np.square(wav)))) < 1e-5:
+            return np.zeros(0, np.float32)  # digital silence: nothing to normalise (resemblyzer would divide by 0)
         out: np.ndarray = preprocess_wav(wav)
         return out
 
