@@ -1,5 +1,6 @@
-"""Whole conversations with the real offline stack (Whisper, SmolLM2, Piper, Silero + Smart Turn) over the
-WebSocket, on real recorded speech: the transcript, the spoken reply, the timeline, and barge-in truncation."""
+"""Whole conversations over the WebSocket on real recorded speech: the transcript, the spoken reply, the timeline,
+and barge-in truncation. The same tests run on the offline stack (Whisper, SmolLM2, Piper) and on the cloud stack
+(Deepgram, OpenAI, ElevenLabs adapters) talking to the local vendor fakes; both use Silero + Smart Turn."""
 
 from __future__ import annotations
 
@@ -15,28 +16,35 @@ import websockets
 
 from serving import serving
 from voxline.agent.config import AgentConfig
-from voxline.agent.stack import Stack, build_stack
+from voxline.agent.stack import build_stack
 from voxline.audio.codecs import read_audio
 from voxline.audio.frame import AudioFrame
+from voxline.fakes import running
 from voxline.models.store import ModelStore
 from voxline.server import create_app
 
-
-@pytest.fixture(scope="module")
-def config() -> AgentConfig:
-    return AgentConfig.load()
+CLOUD_REPLY = ("Paris grew from a small settlement on an island in the Seine into the capital of France. "
+               "Over the centuries it became a centre of learning, art and politics, and today millions visit it.")
 
 
-@pytest.fixture(scope="module")
-def stack(config: AgentConfig, model_store: ModelStore) -> Stack:
-    return build_stack(config, model_store)
-
-
-@pytest.fixture(scope="module")
-async def url(stack: Stack, config: AgentConfig) -> AsyncIterator[str]:
-    app = create_app(stack, config)
-    async with serving(app) as base:
-        yield base.replace("http", "ws") + "/ws"
+@pytest.fixture(scope="module", params=["local", "cloud"])
+async def url(request: pytest.FixtureRequest, model_store: ModelStore) -> AsyncIterator[str]:
+    if request.param == "local":
+        config = AgentConfig.load()
+        async with serving(create_app(build_stack(config, model_store), config)) as base:
+            yield base.replace("http", "ws") + "/ws"
+        return
+    async with running() as fakes:
+        fakes.deepgram.transcript = "go forward ten meters"
+        fakes.openai.reply = CLOUD_REPLY
+        options = {vendor: {"base_url": fakes.url(vendor), "api_key": fakes.api_key}
+                   for vendor in ("deepgram", "openai", "elevenlabs")}
+        config = AgentConfig.load(providers={"stt": "deepgram", "llm": "openai", "tts": "elevenlabs",
+                                             "options": options}, cache={"enabled": False})
+        stack = build_stack(config, model_store)
+        assert (stack.stt.name, stack.llm.name, stack.tts.name) == ("deepgram", "openai", "elevenlabs")
+        async with serving(create_app(stack, config)) as base:
+            yield base.replace("http", "ws") + "/ws"
 
 
 def words(text: str) -> list[str]:

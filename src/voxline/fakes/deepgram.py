@@ -56,7 +56,8 @@ def _refusal(script: DeepgramScript, api_key: str, auth: str, fault: Fault | Non
 
 
 class _Words:
-    """Where the words come from: the audio's code, or the scripted transcript, one per spoken block."""
+    """Where the words come from: the scripted transcript, one word per spoken block, while it lasts (per
+    connection), then the word the audio's code spells."""
 
     def __init__(self, script: DeepgramScript) -> None:
         self._scripted = script.transcript.split() if script.transcript is not None else None
@@ -65,7 +66,7 @@ class _Words:
         coded = decode_block(block, rate)
         if coded is None or self._scripted is None:
             return coded
-        return self._scripted.pop(0) if self._scripted else None
+        return self._scripted.pop(0) if self._scripted else coded
 
 
 def _results(words: list[tuple[str, float, float]], start: float, end: float, *, is_final: bool,
