@@ -5,7 +5,7 @@
 - elevenlabs: `model_id` (flash v2.5: ~75 ms model latency; turbo v2.5: a little slower, better; multilingual
   v2: best and slowest, no streaming-latency optimisation), `optimize_streaming_latency` (0-4; 4 also turns off
   the text normaliser), `output_format` (what is sent over the wire: pcm at the agent's rate, or mp3).
-- matched (WORLD): F0 analysis method (DIO + StoneMask: fast; Harvest: robust, ~10x slower) and frame period
+- matched (WORLD): F0 analysis method (DIO + StoneMask: fast; Harvest: robust, ~13x slower) and frame period
   (5 ms is WORLD's default; 10 ms halves the cost, coarser pitch).
 """
 
