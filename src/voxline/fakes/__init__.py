@@ -25,10 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from voxline.fakes import anthropic, deepgram, elevenlabs, openai
+from voxline.fakes import anthropic, deepgram, elevenlabs, elevenlabs_voices, openai
 from voxline.fakes.anthropic import AnthropicScript
 from voxline.fakes.deepgram import DeepgramScript
 from voxline.fakes.elevenlabs import ElevenLabsScript
+from voxline.fakes.elevenlabs_voices import VoiceCloneScript
 from voxline.fakes.openai import OpenAIScript
 from voxline.fakes.script import FAULT_KINDS, Fault, VendorScript
 
@@ -48,6 +49,7 @@ class FakeVendors:
         self.api_key = api_key
         self.deepgram = DeepgramScript()
         self.elevenlabs = ElevenLabsScript()
+        self.elevenlabs_voices = VoiceCloneScript()
         self.openai = OpenAIScript()
         self.anthropic = AnthropicScript()
         self.base = ""
@@ -95,7 +97,8 @@ class FakeVendors:
 
         return Starlette(routes=[
             Mount(PREFIXES["deepgram"], routes=deepgram.routes(self.deepgram, key)),
-            Mount(PREFIXES["elevenlabs"], routes=elevenlabs.routes(self.elevenlabs, key)),
+            Mount(PREFIXES["elevenlabs"], routes=elevenlabs.routes(self.elevenlabs, key)
+                  + elevenlabs_voices.routes(self.elevenlabs_voices, key)),
             Mount("/openai", routes=openai.routes(self.openai, key)),
             Mount(PREFIXES["anthropic"], routes=anthropic.routes(self.anthropic, key)),
             Route("/_fakes/{vendor}", control, methods=["GET", "POST"]),
