@@ -134,28 +134,85 @@ def end_time(events: list[TurnEvent]) -> float:
     return end
 
 
-def test_smart_ends_at_pause_when_model_and_words_agree() -> None:
-    assert end_time(run_smart(smart(), 0.9, "Book me a table for two.")) == pytest.approx(1.024 + 0.256)
+SPEECH_END = 1.024
 
 
-def test_smart_waits_for_the_cap_when_words_say_more_is_coming() -> None:
-    assert end_time(run_smart(smart(), 0.9, "Book me a table for")) == pytest.approx(1.024 + 1.6, abs=W)
-    assert end_time(run_smart(smart(), 0.9, "")) == pytest.approx(1.024 + 1.6, abs=W)
+def test_tier1_ends_at_pause_when_model_and_words_agree() -> None:
+    assert end_time(run_smart(smart(), 0.9, "Book me a table for two.")) == pytest.approx(SPEECH_END + 0.256)
 
 
-def test_smart_waits_when_model_is_unsure() -> None:
-    assert end_time(run_smart(smart(), 0.2, "Book me a table.")) == pytest.approx(1.024 + 1.6, abs=W)
+def test_tier2_complete_words_unsure_model_end_after_the_medium_silence() -> None:
+    m = smart(complete_silence_s=0.6, not_done_threshold=0.2)
+    assert end_time(run_smart(m, 0.5, "Book me a table.")) == pytest.approx(SPEECH_END + 0.6, abs=W)
+    assert end_time(run_smart(smart(complete_silence_s=0.4), 0.3, "Great!")) == pytest.approx(
+        SPEECH_END + 0.4, abs=W)
+
+
+def test_tier3_waits_for_the_cap_when_words_say_more_is_coming() -> None:
+    assert end_time(run_smart(smart(), 0.9, "Book me a table for")) == pytest.approx(SPEECH_END + 1.6, abs=W)
+    assert end_time(run_smart(smart(), 0.9, "I went there and.")) == pytest.approx(SPEECH_END + 1.6, abs=W)
+    assert end_time(run_smart(smart(), 0.5, "Well,")) == pytest.approx(SPEECH_END + 1.6, abs=W)
+
+
+def test_tier3_waits_for_the_cap_when_model_is_sure_it_is_not_done() -> None:
+    m = smart(not_done_threshold=0.2)
+    assert end_time(run_smart(m, 0.1, "Book me a table.")) == pytest.approx(SPEECH_END + 1.6, abs=W)
+    assert end_time(run_smart(smart(not_done_threshold=0.2), 0.1, None)) == pytest.approx(SPEECH_END + 1.6, abs=W)
+    # at exactly the threshold the model no longer vetoes
+    assert end_time(run_smart(smart(not_done_threshold=0.2), 0.2, "Yes.")) == pytest.approx(SPEECH_END + 0.6, abs=W)
+
+
+def test_tier4_without_a_transcript_behaves_like_silence_endpointing() -> None:
+    m = smart(unknown_silence_s=0.8)
+    assert end_time(run_smart(m, 0.5, None)) == pytest.approx(SPEECH_END + 0.8, abs=W)
+    assert end_time(run_smart(smart(unknown_silence_s=0.8), 0.9, "")) == pytest.approx(SPEECH_END + 0.8, abs=W)
+    # words without punctuation to go by: no help either way
+    assert end_time(run_smart(smart(), 0.5, "the weather today")) == pytest.approx(SPEECH_END + 0.8, abs=W)
+
+
+def test_tier_silences_are_capped() -> None:
+    m = SmartEndpointer(silence_s=0.5, pause_s=0.256, complete_silence_s=0.7, unknown_silence_s=0.9)
+    assert end_time(run_smart(m, 0.5, "Book me a table.")) == pytest.approx(SPEECH_END + 0.5, abs=W)
+
+
+def test_no_verdict_no_early_end() -> None:
+    """Before the model answers (pause not reached, or a detector without a model) only the cap ends a turn."""
+    m = smart(unknown_silence_s=0.3)
+    events = feed(m, seq((0.9, 1.024), (0.0, 2.0)))
+    assert ("turn_ended", pytest.approx(SPEECH_END + 1.6, abs=W)) in events
 
 
 def test_smart_model_alone() -> None:
-    assert end_time(run_smart(smart(use_transcript=False), 0.9, None)) == pytest.approx(1.024 + 0.256)
+    assert end_time(run_smart(smart(use_transcript=False), 0.9, None)) == pytest.approx(SPEECH_END + 0.256)
+    assert end_time(run_smart(smart(use_transcript=False), 0.5, "Yes.")) == pytest.approx(SPEECH_END + 1.6, abs=W)
 
 
-def test_late_transcript_still_ends_early_stale_one_does_not() -> None:
-    late = run_smart(smart(), 0.9, "Book me a table.", text_at=1.024 + 0.5)
-    assert end_time(late) == pytest.approx(1.024 + 0.5, abs=2 * W)
-    stale = run_smart(smart(), 0.9, "Book me a table.", text_at=0.5)  # set while still speaking
-    assert end_time(stale) == pytest.approx(1.024 + 1.6, abs=W)
+def test_late_transcript_moves_the_deadline_stale_one_does_not_count() -> None:
+    late = run_smart(smart(), 0.9, "Book me a table.", text_at=SPEECH_END + 0.5)
+    assert end_time(late) == pytest.approx(SPEECH_END + 0.5, abs=2 * W)
+    # before the words arrive the pause is tier 4 (0.8 s); "incomplete" at 0.5 s holds it to the cap
+    held = run_smart(smart(), 0.5, "Book me a table for", text_at=SPEECH_END + 0.5)
+    assert end_time(held) == pytest.approx(SPEECH_END + 1.6, abs=W)
+    # words arriving after the tier-4 deadline come too late to hold the turn
+    too_late = run_smart(smart(), 0.5, "Book me a table for", text_at=SPEECH_END + 1.0)
+    assert end_time(too_late) == pytest.approx(SPEECH_END + 0.8, abs=W)
+    # a transcript set while still speaking is stale: tier 4, not tier 1
+    stale = run_smart(smart(), 0.9, "Book me a table.", text_at=0.5)
+    assert end_time(stale) == pytest.approx(SPEECH_END + 0.8, abs=W)
+
+
+def test_end_after_reports_the_tier() -> None:
+    m = smart(complete_silence_s=0.6, not_done_threshold=0.2, unknown_silence_s=0.8)
+    feed(m, seq((0.9, 1.024), (0.0, 0.288)))
+    assert m.end_after() == pytest.approx(1.6)  # not asked yet
+    m.turn_probability = 0.5
+    assert m.end_after() == pytest.approx(0.8)
+    m.set_transcript("Sure.")
+    assert m.words() == "complete" and m.end_after() == pytest.approx(0.6)
+    m.turn_probability = 0.85
+    assert m.end_after() == 0.0
+    m.set_transcript("Sure, and")
+    assert m.end_after() == pytest.approx(1.6)
 
 
 def test_speech_again_clears_the_verdict() -> None:
@@ -173,6 +230,12 @@ def test_options_are_validated() -> None:
         TurnOptions(threshold=1.5)
     with pytest.raises(ConfigError):
         TurnOptions(pause_s=1.0, max_silence_s=0.5)
+    with pytest.raises(ConfigError, match="complete_silence_s"):
+        TurnOptions(complete_silence_s=0.0)
+    with pytest.raises(ConfigError, match="not_done_threshold"):
+        TurnOptions(not_done_threshold=-0.1)
+    with pytest.raises(ConfigError, match="must not be above"):
+        TurnOptions(turn_threshold=0.5, not_done_threshold=0.6)
     with pytest.raises(ConfigError, match="unknown turn detector"):
         make_turn_detector(TurnOptions(detector="nope"))  # type: ignore[arg-type]
 

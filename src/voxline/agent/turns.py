@@ -4,11 +4,13 @@ Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detec
 
 - `energy`: RMS level over 20 ms windows, 0.3 s of silence ends the turn. No model; the baseline.
 - `silero`: Silero VAD probabilities with silence endpointing (`silence_s`, 0.8 s by default).
-- `smart`:  Silero + Smart Turn + the interim transcript. At the first pause (`pause_s` of silence) the
-  turn model hears the turn so far; the turn ends there if the model is confident AND the transcript reads
-  as finished (`transcript_signal`); otherwise the detector keeps listening up to `max_silence_s`. Read or
+- `smart`:  Silero + Smart Turn + the interim transcript. At each pause (`pause_s` of silence) the turn
+  model hears the turn so far, and the transcript of the pause (`transcript_signal`) says whether the words
+  read as finished. Tiers: model confident AND words complete -> the turn ends at once; words complete, model
+  unsure -> after `complete_silence_s`; words incomplete or model confidently "not done" -> only at
+  `max_silence_s`; no usable transcript yet -> after `unknown_silence_s`, like silence endpointing. Read or
   hesitant speech pauses mid-sentence in a way that *sounds* final to an acoustic model alone; the words say
-  otherwise.
+  otherwise, and the model is unsure at many true ends of read sentences, where the words are clear.
 
 The decisions live in small pure state machines (`Endpointer`, `SmartEndpointer`) fed with (time, duration,
 probability) per VAD window, so they are testable with synthetic sequences and no audio library. The detector
@@ -89,25 +91,41 @@ class TurnOptions:
 
     max_silence_s: float = 1.6
     """Smart detector: the turn ends after this much silence even if model or transcript say it is not
-    over."""
+    over (the wait when the words end in "and", "the", ... or the model is sure it is not done)."""
 
     turn_threshold: float = 0.8
     """Smart detector: Smart Turn probability at or above which the model counts as confident the turn is
-    over (0.8 halved premature ends against 0.5 at the same median delay in bench/turns.py)."""
+    over; with a complete transcript the turn then ends at the pause itself."""
+
+    complete_silence_s: float = 0.6
+    """Smart detector: silence after which the turn ends when the transcript reads complete but the model is
+    unsure (between `not_done_threshold` and `turn_threshold`). Capped by `max_silence_s`."""
+
+    not_done_threshold: float = 0.2
+    """Smart detector: Smart Turn probability below which the model counts as sure the turn is NOT over:
+    the detector then waits for `max_silence_s` whatever the words say."""
+
+    unknown_silence_s: float = 0.8
+    """Smart detector: silence after which the turn ends when no transcript of the pause has arrived (or it
+    has no punctuation to go by): silence endpointing, as `silero` does. Capped by `max_silence_s`."""
 
     use_transcript: bool = True
-    """Smart detector: require the interim transcript to read as finished before ending early (False: model
-    only)."""
+    """Smart detector: read the interim transcript (False: model only - end at the pause if the model is
+    confident, else at `max_silence_s`)."""
 
     def __post_init__(self) -> None:
-        for key in ("start_s", "silence_s", "energy_silence_s", "pause_s", "max_silence_s"):
+        for key in ("start_s", "silence_s", "energy_silence_s", "pause_s", "max_silence_s", "complete_silence_s",
+                    "unknown_silence_s"):
             value = getattr(self, key)
             if not 0.0 < value <= 10.0:
                 raise ConfigError(f"turn option {key} must be in (0, 10] seconds, got {value}")
-        for key in ("threshold", "energy_threshold", "turn_threshold"):
+        for key in ("threshold", "energy_threshold", "turn_threshold", "not_done_threshold"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"turn option {key} must be in [0, 1], got {value}")
+        if self.not_done_threshold > self.turn_threshold:
+            raise ConfigError(f"not_done_threshold ({self.not_done_threshold}) must not be above turn_threshold "
+                              f"({self.turn_threshold})")
         if self.max_silence_s < self.pause_s:
             raise ConfigError(f"max_silence_s ({self.max_silence_s}) must not be shorter than pause_s "
                               f"({self.pause_s})")
@@ -254,19 +272,32 @@ class Endpointer:
 
 @dataclass
 class SmartEndpointer(Endpointer):
-    """Endpointer whose turn may end at a pause, before `silence_s` (here: the cap), when model and words
-    agree.
+    """Endpointer whose turn may end before `silence_s` (here: the cap) when model and words allow it.
 
     After a `pause` the owner sets `turn_probability` (Smart Turn's verdict on the turn so far). From then on,
-    every window of the same silent stretch checks: probability >= `turn_threshold`, and (if `use_transcript`)
-    a transcript set after the speech stopped that reads `complete`. A transcript arriving late (STT lag)
-    still ends the turn early, at the window where it is first seen. Speech again clears the verdict.
+    every window of the same silent stretch asks `end_after()` how much silence this pause needs, from the
+    verdict and the latest transcript set after the speech stopped (an older one is stale):
+
+    1. verdict >= `turn_threshold` and words `complete`: none - the turn ends at once;
+    2. words `complete`, verdict in [`not_done_threshold`, `turn_threshold`): `complete_silence_s`;
+    3. words `incomplete`, or verdict < `not_done_threshold`: `silence_s` (the cap);
+    4. no fresh transcript, or one without punctuation: `unknown_silence_s`.
+
+    A transcript arriving late (STT lag) moves the deadline at the window where it is first seen, so a late
+    "complete" still ends the turn early and a late "incomplete" still holds it. Speech again clears the
+    verdict. Before the model has answered, only the cap ends the turn.
     """
 
     turn_threshold: float = 0.8
-    """Smart Turn probability that counts as confident."""
+    """Smart Turn probability that counts as confident (tier 1)."""
+    complete_silence_s: float = 0.6
+    """Silence needed when the words are complete but the model unsure (tier 2)."""
+    not_done_threshold: float = 0.2
+    """Smart Turn probability below which the turn waits for the cap (tier 3)."""
+    unknown_silence_s: float = 0.8
+    """Silence needed without a usable transcript (tier 4)."""
     use_transcript: bool = True
-    """Require the transcript to agree; False reproduces "model alone" endpointing."""
+    """Read the transcript; False reproduces "model alone" endpointing (at the pause if confident, else cap)."""
 
     turn_probability: float | None = None
     """The model's verdict for the current silent stretch (None: not asked yet)."""
@@ -283,16 +314,32 @@ class SmartEndpointer(Endpointer):
     def set_transcript(self, text: str) -> None:
         self.transcript, self.transcript_time = text, self.now
 
+    def words(self) -> TranscriptSignal:
+        """What the transcript of the current pause says (`unknown` if none was set since the speech stopped)."""
+        if self.speech_end is None or self.transcript_time < self.speech_end - 1e-9:
+            return "unknown"
+        return transcript_signal(self.transcript)
+
+    def end_after(self) -> float:
+        """Silence (seconds since the speech stopped) after which the current pause ends the turn, given what
+        is known now; `silence_s` (the cap) until the model has answered."""
+        p = self.turn_probability
+        if p is None:
+            return self.silence_s
+        if not self.use_transcript:
+            return 0.0 if p >= self.turn_threshold else self.silence_s
+        words = self.words()
+        if words == "incomplete" or p < self.not_done_threshold:
+            return self.silence_s
+        if words == "complete":
+            return 0.0 if p >= self.turn_threshold else min(self.complete_silence_s, self.silence_s)
+        return min(self.unknown_silence_s, self.silence_s)
+
     def ready_to_end(self) -> bool:
-        """Whether the turn may end early at this point of a pause."""
+        """Whether the turn may end at this point of a pause."""
         if not self.in_speech or self.speech_end is None or self.turn_probability is None:
             return False
-        if self.turn_probability < self.turn_threshold:
-            return False
-        if not self.use_transcript:
-            return True
-        fresh = self.transcript_time >= self.speech_end - 1e-9
-        return fresh and transcript_signal(self.transcript) == "complete"
+        return self.silence >= self.end_after() - 1e-9
 
     def step(self, time: float, duration: float, probability: float) -> list[TurnEvent]:
         events = super().step(time, duration, probability)
@@ -378,13 +425,16 @@ class VADTurnDetector:
 
 
 class SmartTurnDetector(VADTurnDetector):
-    """Silero + Smart Turn + transcript: may end the turn at the first pause, otherwise at `max_silence_s`."""
+    """Silero + Smart Turn + transcript: ends the turn at a pause as soon as `SmartEndpointer`'s tiers allow,
+    at the latest after `max_silence_s`."""
 
     def __init__(self, vad: VAD, model: TurnModel, options: TurnOptions | None = None) -> None:
         o = options or TurnOptions(detector="smart")
         machine = SmartEndpointer(threshold=o.threshold, start_s=o.start_s, silence_s=o.max_silence_s,
                                   pause_s=o.pause_s, turn_threshold=o.turn_threshold,
-                                  use_transcript=o.use_transcript)
+                                  complete_silence_s=o.complete_silence_s,
+                                  not_done_threshold=o.not_done_threshold,
+                                  unknown_silence_s=o.unknown_silence_s, use_transcript=o.use_transcript)
         super().__init__(vad, machine)
         self.smart: SmartEndpointer = self.machine  # type: ignore[assignment]
         self._model = model
