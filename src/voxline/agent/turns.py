@@ -262,9 +262,11 @@ class Endpointer:
         if self._silence_run == 0.0:
             self.speech_end = time - duration
         self._silence_run += duration
-        if self._silence_run >= self.silence_s - 1e-9:
+        # Silence is counted in whole windows (32 ms for Silero): end at the window nearest to `silence_s`, not at the
+        # first one past it, which would add up to a window of latency to every turn.
+        if self._silence_run >= self.silence_s - duration / 2:
             return self.end_turn(time)
-        if not self._paused and self._silence_run >= self.pause_s - 1e-9:
+        if not self._paused and self._silence_run >= self.pause_s - duration / 2:
             self._paused = True
             return [TurnEvent("pause", time)]
         return []
