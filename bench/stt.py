@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import time
@@ -22,32 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from voxline.audio.codecs import read_audio
 from voxline.models.store import disable_hubs
 from voxline.providers.whisper import WhisperSTT
+from voxline.wer import edit_distance, words
 
 SHARED = Path(os.environ.get("VOXLINE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SPEECH = SHARED / "data" / "speech"
 SHORT_UTTERANCE = (2.0, 4.0)  # "~3 s" utterances for the latency figure
-
-
-def words(text: str) -> list[str]:
-    """Lower case, hyphens split, other punctuation dropped (numbers are left as digits)."""
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, row = row, row.copy()
-        row[0] = i
-        for j, h in enumerate(hyp, 1):
-            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (r != h))
-    return int(row[-1])
 
 
 @click.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,12 @@ from voxline.errors import AudioError, ConfigError, VoxlineError
 from voxline.models.store import ModelStore
 from voxline.providers.base import STT, SpeculativeSTTStream, STTStream, Transcript
 from voxline.providers.whisper import WhisperSTT, _repeats
+from voxline.wer import edit_distance, words
 
 pytestmark = pytest.mark.slow
 
 # Measured on the 9 gold files (42 s): padded 5.1 %, short window with padded fallback 5.1 % (docs/stt.md).
 MAX_GOLD_WER = 0.08
-
-
-def words(text: str) -> list[str]:
-    """Lower case, hyphens split, other punctuation dropped: the normalizer the 5.1 % reference used."""
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, row = row, row.copy()
-        row[0] = i
-        for j, h in enumerate(hyp, 1):
-            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (r != h))
-    return int(row[-1])
 
 
 @pytest.fixture(scope="module")

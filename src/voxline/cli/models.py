@@ -42,7 +42,7 @@ pull.help = (pull.help or "") + "  " + ", ".join(CATALOG) + f"\n\n    default = 
 def list_models(as_json: bool) -> None:
     """Show every known model, whether it is pulled, and where it lives."""
     store = ModelStore()
-    rows = store.list()
+    rows = store.statuses()
     if as_json:
         click.echo(json.dumps([{"name": r.spec.name, "role": r.spec.role, "present": r.present,
                                 "path": str(r.path), "size": r.spec.size, "default": r.spec.name in DEFAULT_SET,

@@ -103,7 +103,7 @@ class ModelStore:
         d = self.model_dir(spec.name)
         return all((d / f.name).is_file() and (d / f.name).stat().st_size == f.size for f in spec.files)
 
-    def list(self) -> list[ModelStatus]:
+    def statuses(self) -> list[ModelStatus]:
         return [ModelStatus(s, self.is_present(s), self.model_dir(s.name)) for s in CATALOG.values()]
 
     def path(self, name: str) -> Path:

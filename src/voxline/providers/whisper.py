@@ -117,12 +117,17 @@ class _Workers:
             with self._lock:
                 self._running += 1
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as exc:  # handed to the awaiting task
+                self._done()
                 future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self._running -= 1
+            else:
+                self._done()  # before the result wakes its caller, so `active` never counts a decode already answered
+                future.set_result(result)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._running -= 1
 
     def close(self) -> None:
         self._closed = True
@@ -497,8 +502,9 @@ class WhisperStream:
     async def _speculate(self, samples: np.ndarray) -> Transcript:
         transcript = await self._stt._run(
             FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
-        if transcript.text and transcript.text != self._last_interim:
-            # Also an interim result: turn detectors reading the words get the best transcript of the pause at once.
+        if transcript.text:
+            # Also an interim result: turn detectors reading the words get the best transcript of the pause at once
+            # (even when an interim had the same words: the detector only trusts words set after the speech stopped).
             self._last_interim = transcript.text
             self._out.put_nowait(replace(transcript, is_final=False))
         return transcript
