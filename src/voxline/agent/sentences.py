@@ -8,27 +8,9 @@ sentences.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m approx dept est fig inc ltd no vol mt ft jan feb mar apr jun "
-    "jul aug sep sept oct nov dec u.s u.k".split())
-_SENTENCE_END = re.compile(r"([.!?…]+[\"')\]]*)(\s+|$)")
-_CLAUSE_END = re.compile(r"([,;:]|\s[-–—])(\s+)")
-
-
-def _ends_sentence(text: str, match: re.Match[str]) -> bool:
-    punct = match.group(1)
-    before = text[: match.start()]
-    if punct.startswith(".") and len(punct.rstrip("\"')]")) == 1:
-        word = before.rsplit(None, 1)[-1].lower() if before.split() else ""
-        word = word.lstrip("\"'([")
-        if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-            return False  # "Dr. Smith", "J. R. R. Tolkien"
-        if word.isdigit() and match.group(2) == "":
-            return False  # "3." may continue as "3.14"
-    return True
+from voxline.text import CLAUSE_END, SENTENCE_END, ends_sentence
 
 
 @dataclass
@@ -61,13 +43,13 @@ class SentenceSplitter:
 
     def _next_piece(self) -> str | None:
         buf = self._buffer
-        for m in _SENTENCE_END.finditer(buf):
+        for m in SENTENCE_END.finditer(buf):
             if m.group(2) == "":
                 break  # punctuation at the very end: wait for the next token to know (e.g. "3." + "14")
-            if _ends_sentence(buf, m):
+            if ends_sentence(buf, m):
                 return self._cut(m.end())
         if self.clause_min_words and (self._emitted == 0 or not self.first_only):
-            for m in _CLAUSE_END.finditer(buf):
+            for m in CLAUSE_END.finditer(buf):
                 if len(buf[: m.start()].split()) >= self.clause_min_words:
                     return self._cut(m.end())
         return None

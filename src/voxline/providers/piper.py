@@ -32,17 +32,12 @@ import numpy as np
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
+from voxline.text import CLAUSE_END, SENTENCE_END, ends_sentence
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "en_US-joe-medium.onnx"
 
-# A period after one of these does not end a sentence ("Dr. Smith", "e.g. this").
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m approx dept est fig inc ltd no vol mt ft "
-    "jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k".split())
-_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)")
-_CLAUSE_END = re.compile(r"(?:[,;:]|\s[-–—])(?=\s)")
 _WHITESPACE = re.compile(r"\s+")
 # Piper reads [[ ... ]] as raw phonemes; user text must not be able to inject them.
 _PHONEME_BLOCK = re.compile(r"\[\[|\]\]")
@@ -62,20 +57,11 @@ class SpeechSplit:
     max_chars: int = 400
 
 
-def _is_abbreviation(text: str, end: int) -> bool:
-    words = text[:end].split()
-    if not words:
-        return False
-    word = words[-1].rstrip(".").lstrip("\"'([").lower()
-    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
-
-
 def _sentences(text: str) -> Iterator[str]:
     """Sentences of `text`, lazily (100 kB of text is never copied into a list of pieces)."""
     start = 0
-    for m in _SENTENCE_END.finditer(text):
-        single_period = m.group().rstrip("\"')]") == "."
-        if single_period and _is_abbreviation(text, m.start()):
+    for m in SENTENCE_END.finditer(text):
+        if not ends_sentence(text, m):
             continue
         piece = text[start:m.end()].strip()
         start = m.end()
@@ -90,7 +76,7 @@ def _cap(piece: str, split: SpeechSplit) -> Iterator[str]:
     while len(piece.split()) > split.max_words or len(piece) > split.max_chars:
         words = piece[: split.max_chars].split(" ")
         window = " ".join(words[: split.max_words])
-        cuts = [m.end() for m in _CLAUSE_END.finditer(window) if len(window[: m.end()].split()) >= 4]
+        cuts = [m.end() for m in CLAUSE_END.finditer(window) if len(window[: m.end()].split()) >= 4]
         if cuts:
             cut = cuts[-1]
         elif len(words) > 1:
@@ -110,7 +96,7 @@ def split_for_speech(text: str, split: SpeechSplit = SpeechSplit()) -> Iterator[
     first = True
     for sentence in _sentences(text):
         if first and split.first_clause_words:
-            for m in _CLAUSE_END.finditer(sentence):
+            for m in CLAUSE_END.finditer(sentence):
                 if len(sentence[: m.start()].split()) >= split.first_clause_words:
                     yield from _cap(sentence[: m.end()].strip(), split)
                     sentence = sentence[m.end():].strip()
