@@ -101,3 +101,17 @@ def test_timeline_relative_and_v2v() -> None:
     assert t.as_event()["stages_ms"] == {"speech_end": 0.0, "first_audio_sent": 500.0}
     with pytest.raises(ValueError):
         t.mark("nonsense")
+
+
+def test_a_detector_the_config_did_not_load_is_loaded_once_per_stack(model_store: object) -> None:
+    from voxline.agent.stack import scripted_stack
+    from voxline.agent.turns import TurnOptions
+
+    stack = scripted_stack(vad=False)  # e.g. an energy-detector config; then a Realtime client asks for semantic_vad
+    assert stack.vad is None and stack.turn_model is None
+    stack.turn_detector(TurnOptions(detector="smart"))
+    vad, model = stack.vad, stack.turn_model
+    assert vad is not None and model is not None
+    stack.turn_detector(TurnOptions(detector="smart"))
+    stack.turn_detector(TurnOptions(detector="silero"))
+    assert stack.vad is vad and stack.turn_model is model  # shared by every later session, not loaded again

@@ -74,7 +74,17 @@ class Stack:
     provider_events: ProviderEvents = field(default_factory=ProviderEvents)
 
     def turn_detector(self, options: TurnOptions) -> TurnDetector:
-        """A fresh detector for one session, sharing this stack's VAD and turn model."""
+        """A fresh detector for one session, sharing this stack's VAD and turn model. A session may ask for a
+        detector the config did not load (a Realtime client's `semantic_vad`): its model is then loaded once, here,
+        and kept for every later session."""
+        if options.detector in ("silero", "smart") and self.vad is None:
+            from voxline.providers.silero import SileroVAD
+
+            self.vad = SileroVAD()
+        if options.detector == "smart" and self.turn_model is None:
+            from voxline.providers.smart_turn import SmartTurnModel
+
+            self.turn_model = SmartTurnModel()
         return make_turn_detector(options, self.vad, self.turn_model)
 
     async def prepare(self) -> None:
