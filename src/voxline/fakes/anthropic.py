@@ -12,9 +12,7 @@ Requests are checked the way the API checks them: `system` must be top-level (a 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from voxline.fakes.script import Fault, VendorScript
+from voxline.fakes.script import Fault, VendorScript, refuse, sse_stream
 
 
 @dataclass
@@ -38,17 +36,16 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
 
 
 def _refusal(api_key: str, request: Request, fault: Fault | None) -> JSONResponse | None:
-    if (fault and fault.kind == "unauthorized") or request.headers.get("x-api-key") != api_key:
-        return _error(401, "authentication_error", "invalid x-api-key")
-    if not request.headers.get("anthropic-version"):
-        return _error(400, "invalid_request_error", "anthropic-version: header is required")
-    if fault and fault.kind == "rate_limit":
-        return _error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit",
-                      {"retry-after": f"{fault.retry_after:g}"})
-    if fault and fault.kind == "server_error":
-        kind = "overloaded_error" if fault.status == 529 else "api_error"
-        return _error(fault.status, kind, "Overloaded" if fault.status == 529 else "Internal server error")
-    return None
+    return refuse(
+        fault, request.headers.get("x-api-key") == api_key,
+        unauthorized=lambda: _error(401, "authentication_error", "invalid x-api-key"),
+        invalid=(None if request.headers.get("anthropic-version")
+                 else _error(400, "invalid_request_error", "anthropic-version: header is required")),
+        rate_limited=lambda after: _error(429, "rate_limit_error",
+                                          "Number of request tokens has exceeded your per-minute rate limit",
+                                          {"retry-after": after}),
+        failed=lambda status: (_error(status, "overloaded_error", "Overloaded") if status == 529
+                               else _error(status, "api_error", "Internal server error")))
 
 
 def _invalid(body: Any) -> str | None:
@@ -126,38 +123,18 @@ def message_events(script: AnthropicScript, body: dict[str, Any]) -> list[str]:
 
 def routes(script: AnthropicScript, api_key: str) -> list[Route]:
     async def messages(request: Request) -> Response:
-        await script.on_connection(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        script.record(request, body)
-        fault = script.next_fault()
+        body, fault = await script.receive_json(request)
         refusal = _refusal(api_key, request, fault)
         if refusal is not None:
             return refusal
         problem = _invalid(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
-        events = message_events(script, body)
-
-        async def sse() -> AsyncIterator[str]:
-            if fault and fault.kind == "slow_first_byte":
-                await asyncio.sleep(fault.delay)
-            for n, event in enumerate(events):
-                if fault and n >= fault.after:
-                    if fault.kind == "drop":
-                        raise ConnectionAbortedError("fake Anthropic dropped the connection")
-                    if fault.kind == "error_mid_stream":
-                        yield _event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
-                        return
-                    if fault.kind == "malformed":
-                        yield 'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,\n\n'
-                        return
-                yield event
-                await asyncio.sleep(script.chunk_delay)
-
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(
+            message_events(script, body), fault, script.chunk_delay, vendor="Anthropic",
+            error=_event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            malformed='event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0,\n\n'),
+            media_type="text/event-stream")
 
     async def models(request: Request) -> Response:
         await script.on_connection(request)

@@ -29,7 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxline.fakes.audio import BLOCK_S, decode_block
-from voxline.fakes.script import Fault, VendorScript
+from voxline.fakes.script import Fault, VendorScript, refuse
 
 
 @dataclass
@@ -45,14 +45,12 @@ def _error(status: int, code: str, msg: str, headers: dict[str, str] | None = No
 
 
 def _refusal(script: DeepgramScript, api_key: str, auth: str, fault: Fault | None) -> JSONResponse | None:
-    if (fault and fault.kind == "unauthorized") or auth != f"Token {api_key}":
-        return _error(401, "INVALID_AUTH", "Invalid credentials.")
-    if fault and fault.kind == "rate_limit":
-        return _error(429, "TOO_MANY_REQUESTS", "Too many requests. Please try again later",
-                      {"Retry-After": f"{fault.retry_after:g}"})
-    if fault and fault.kind == "server_error":
-        return _error(fault.status, "INTERNAL_SERVER_ERROR", "Internal server error.")
-    return None
+    return refuse(
+        fault, auth == f"Token {api_key}",
+        unauthorized=lambda: _error(401, "INVALID_AUTH", "Invalid credentials."),
+        rate_limited=lambda after: _error(429, "TOO_MANY_REQUESTS", "Too many requests. Please try again later",
+                                          {"Retry-After": after}),
+        failed=lambda status: _error(status, "INTERNAL_SERVER_ERROR", "Internal server error."))
 
 
 class _Words:

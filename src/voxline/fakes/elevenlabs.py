@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voxline.audio.codecs import encode_audio
 from voxline.audio.frame import encode_mulaw
 from voxline.fakes.audio import tone
-from voxline.fakes.script import Fault, VendorScript
+from voxline.fakes.script import Fault, VendorScript, refuse
 
 FORMATS = {"pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "ulaw_8000", "mp3_22050_32",
            "mp3_44100_32", "mp3_44100_64", "mp3_44100_96", "mp3_44100_128", "mp3_44100_192"}
@@ -47,16 +47,15 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _refusal(api_key: str, key: str, fault: Fault | None, fmt: str) -> JSONResponse | None:
-    if (fault and fault.kind == "unauthorized") or key != api_key:
-        return _error(401, "invalid_api_key", "Invalid API key")
-    if fault and fault.kind == "rate_limit":
-        return _error(429, "too_many_concurrent_requests", "Too many concurrent requests for your subscription.",
-                      {"Retry-After": f"{fault.retry_after:g}"})
-    if fault and fault.kind == "server_error":
-        return _error(fault.status, "internal_error", "An internal server error occurred.")
-    if fmt not in FORMATS:
-        return _error(400, "invalid_output_format", f"output_format {fmt!r} is not supported")
-    return None
+    return refuse(
+        fault, key == api_key,
+        unauthorized=lambda: _error(401, "invalid_api_key", "Invalid API key"),
+        invalid=(None if fmt in FORMATS
+                 else _error(400, "invalid_output_format", f"output_format {fmt!r} is not supported")),
+        rate_limited=lambda after: _error(429, "too_many_concurrent_requests",
+                                          "Too many concurrent requests for your subscription.",
+                                          {"Retry-After": after}),
+        failed=lambda status: _error(status, "internal_error", "An internal server error occurred."))
 
 
 def synthesize(text: str, fmt: str, cps: float) -> bytes:
@@ -88,13 +87,7 @@ def alignment(text: str, cps: float, offset_ms: float = 0.0) -> dict[str, Any]:
 
 def routes(script: ElevenLabsScript, api_key: str) -> list[Route | WebSocketRoute]:
     async def stream(request: Request) -> Response:
-        await script.on_connection(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        script.record(request, body)
-        fault = script.next_fault()
+        body, fault = await script.receive_json(request)
         fmt = request.query_params.get("output_format", "mp3_44100_128")
         refusal = _refusal(api_key, request.headers.get("xi-api-key", ""), fault, fmt)
         if refusal is not None:

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from voxline.audio.codecs import encode_audio
 from voxline.fakes.audio import BLOCK_S, decode_block, tone
-from voxline.fakes.script import Fault, VendorScript
+from voxline.fakes.script import Fault, VendorScript, refuse, sse_stream
 
 
 @dataclass
@@ -48,19 +48,16 @@ def _error(status: int, message: str, kind: str, code: str | None, headers: dict
 
 
 def _refusal(api_key: str, auth: str, fault: Fault | None) -> JSONResponse | None:
-    if (fault and fault.kind == "unauthorized") or auth != f"Bearer {api_key}":
-        sent = auth.removeprefix("Bearer ")
-        # the real message echoes a masked form of the key; this fake echoes all of it, to prove redaction
-        return _error(401, f"Incorrect API key provided: {sent}. You can find your API key at "
-                           "https://platform.openai.com/account/api-keys.", "invalid_request_error",
-                      "invalid_api_key")
-    if fault and fault.kind == "rate_limit":
-        return _error(429, "Rate limit reached for requests. Please try again later.", "requests",
-                      "rate_limit_exceeded", {"retry-after": f"{fault.retry_after:g}"})
-    if fault and fault.kind == "server_error":
-        return _error(fault.status, "The server had an error while processing your request. Sorry about that!",
-                      "server_error", None)
-    return None
+    # the real 401 echoes a masked form of the key; this fake echoes all of it, to prove redaction
+    return refuse(
+        fault, auth == f"Bearer {api_key}",
+        unauthorized=lambda: _error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}. You can find "
+                                         "your API key at https://platform.openai.com/account/api-keys.",
+                                    "invalid_request_error", "invalid_api_key"),
+        rate_limited=lambda after: _error(429, "Rate limit reached for requests. Please try again later.",
+                                          "requests", "rate_limit_exceeded", {"retry-after": after}),
+        failed=lambda status: _error(status, "The server had an error while processing your request. Sorry about that!",
+                                     "server_error", None))
 
 
 def _chunk(model: str, delta: dict[str, Any] | None, finish: str | None = None,
@@ -112,13 +109,7 @@ def chat_events(script: OpenAIScript, body: dict[str, Any]) -> list[str]:
 
 def routes(script: OpenAIScript, api_key: str) -> list[Route]:
     async def chat(request: Request) -> Response:
-        await script.on_connection(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        script.record(request, body)
-        fault = script.next_fault()
+        body, fault = await script.receive_json(request)
         refusal = _refusal(api_key, request.headers.get("authorization", ""), fault)
         if refusal is not None:
             return refusal
@@ -127,25 +118,11 @@ def routes(script: OpenAIScript, api_key: str) -> list[Route]:
         events = chat_events(script, body)
         if not body.get("stream"):
             return _error(400, "the fake serves stream=true only", "invalid_request_error", None)
-
-        async def sse() -> AsyncIterator[str]:
-            if fault and fault.kind == "slow_first_byte":
-                await asyncio.sleep(fault.delay)
-            for n, event in enumerate(events):
-                if fault and n >= fault.after:
-                    if fault.kind == "drop":
-                        raise ConnectionAbortedError("fake OpenAI dropped the connection")
-                    if fault.kind == "error_mid_stream":
-                        yield ('data: {"error": {"message": "The server had an error while processing your '
-                               'request.", "type": "server_error", "param": null, "code": null}}\n\n')
-                        return
-                    if fault.kind == "malformed":
-                        yield 'data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n'
-                        return
-                yield event
-                await asyncio.sleep(script.chunk_delay)
-
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(
+            events, fault, script.chunk_delay, vendor="OpenAI",
+            error=('data: {"error": {"message": "The server had an error while processing your request.", '
+                   '"type": "server_error", "param": null, "code": null}}\n\n'),
+            malformed='data: {"id": "chatcmpl-fake", "choices": [{"delta": \n\n'), media_type="text/event-stream")
 
     async def speech(request: Request) -> Response:
         await script.on_connection(request)

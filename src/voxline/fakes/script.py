@@ -2,16 +2,21 @@
 
 Tests (and `voxline fakes serve` users, through `POST /_fakes/<vendor>`) queue `Fault`s; each request or WebSocket
 session a fake receives takes the next one. Everything else the fakes send is deterministic.
+
+What a fault does is the same at every vendor (`refuse`, `sse_stream`); only the wire format differs, so each fake
+passes its own error bodies, header names and in-stream events.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
 
 FaultKind = Literal["unauthorized", "rate_limit", "server_error", "error_mid_stream", "slow_first_byte", "malformed",
                     "drop"]
@@ -72,8 +77,56 @@ class VendorScript:
             if self.connect_delay:
                 await asyncio.sleep(self.connect_delay)
 
+    async def receive_json(self, request: Request) -> tuple[Any, Fault | None]:
+        """Take a JSON request: its body (None when it is not JSON, for the fake to refuse in the vendor's words),
+        logged, and the fault it gets."""
+        await self.on_connection(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        self.record(request, body)
+        return body, self.next_fault()
+
     def record(self, conn: HTTPConnection, body: Any = None) -> None:
         self.requests.append({"path": conn.url.path, "query": dict(conn.query_params),
                               "headers": {k: v for k, v in conn.headers.items()
                                           if k not in ("authorization", "xi-api-key", "x-api-key")},
                               "body": body})
+
+
+def refuse(fault: Fault | None, authorized: bool, *, unauthorized: Callable[[], JSONResponse],
+            rate_limited: Callable[[str], JSONResponse], failed: Callable[[int], JSONResponse],
+            invalid: JSONResponse | None = None) -> JSONResponse | None:
+    """The answer refusing a request before anything streams, or None: a wrong key or an `unauthorized` fault gets
+    `unauthorized()`, then the vendor's own check of the request (`invalid`), then `rate_limit` gets
+    `rate_limited(<Retry-After value>)` and `server_error` gets `failed(fault.status)`."""
+    if (fault and fault.kind == "unauthorized") or not authorized:
+        return unauthorized()
+    if invalid is not None:
+        return invalid
+    if fault and fault.kind == "rate_limit":
+        return rate_limited(f"{fault.retry_after:g}")
+    if fault and fault.kind == "server_error":
+        return failed(fault.status)
+    return None
+
+
+async def sse_stream(events: list[str], fault: Fault | None, chunk_delay: float, *, vendor: str, error: str,
+                    malformed: str) -> AsyncIterator[str]:
+    """Stream server-sent `events` as `fault` scripts it: the first late (`slow_first_byte`), or from event
+    `fault.after` on a dropped connection, the vendor's in-stream `error` event, or its cut-off `malformed` one."""
+    if fault and fault.kind == "slow_first_byte":
+        await asyncio.sleep(fault.delay)
+    for n, event in enumerate(events):
+        if fault and n >= fault.after:
+            if fault.kind == "drop":
+                raise ConnectionAbortedError(f"fake {vendor} dropped the connection")
+            if fault.kind == "error_mid_stream":
+                yield error
+                return
+            if fault.kind == "malformed":
+                yield malformed
+                return
+        yield event
+        await asyncio.sleep(chunk_delay)
