@@ -179,6 +179,12 @@ async def _aclose(it: Any) -> None:
             await close()
 
 
+async def close_quietly(stream: STTStream) -> None:
+    """Close a stream whose errors no longer matter (it failed, or its turn is over)."""
+    with contextlib.suppress(Exception):
+        await stream.close()
+
+
 class _Wrapper:
     """What every wrapper shares: the kind, a name, an observer, health, and two ways to run a call.
 
@@ -433,6 +439,8 @@ class _ResilientSTTStream:
         self._provider: Any = None
         self._inner: STTStream | None = None
         self._switch_lock = asyncio.Lock()
+        self._gave_up: ProviderError | None = None  # every provider failed: the stream is over
+        self._retiring: set[asyncio.Task[None]] = set()  # failed streams being closed
         self._scope: asyncio.Timeout | None = None  # the reader's wait, to tighten once the turn is finalized
 
     async def _current(self) -> STTStream:
@@ -444,6 +452,8 @@ class _ResilientSTTStream:
     async def _switch(self, failure: ProviderError | None, failed: STTStream | None = None) -> None:
         """Open the next stream (the first one when `failure` is None) and replay the turn to it."""
         async with self._switch_lock:
+            if self._gave_up is not None:
+                raise self._gave_up
             if failure is None and self._inner is not None:
                 return  # another task opened it meanwhile
             if failure is not None and failed is not self._inner:
@@ -451,13 +461,13 @@ class _ResilientSTTStream:
             while True:
                 if failure is not None and self._inner is not None:
                     self._policy.done(self._provider, failure)
-                    old, self._inner = self._inner, None
-                    with contextlib.suppress(Exception):
-                        await old.close()
+                    self._retire(self._inner)
+                    self._inner = None
                 provider = await self._policy.open(self._attempt, failure)
                 self._attempt += 1
                 if provider is None:
                     assert failure is not None
+                    self._gave_up = failure
                     raise failure
                 try:
                     inner = provider.stream(self._rate, self._language)
@@ -516,10 +526,21 @@ class _ResilientSTTStream:
             except Exception:  # speculation is an optimisation: its failure is the final decode's business
                 log.debug("pause() failed on %s", self._owner._pname(self._provider), exc_info=True)
 
+    def _retire(self, stream: STTStream) -> None:
+        """Close a failed stream in the background: a stuck server's closing handshake (up to the socket's close
+        timeout) must not hold up the turn's transcript. `close()` waits for it."""
+        task = asyncio.get_running_loop().create_task(close_quietly(stream))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
         self._closed = True
-        if self._inner is not None:
-            await self._inner.close()
+        try:
+            if self._inner is not None:
+                await self._inner.close()
+        finally:
+            if self._retiring:
+                await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def __aiter__(self) -> AsyncIterator[Transcript]:
         return self._iterate()
@@ -538,8 +559,9 @@ class _ResilientSTTStream:
                             self._scope = scope
                             item = await anext(it)
                     except StopAsyncIteration:
-                        if inner is not self._inner and self._inner is not None and not self._closed:
-                            break  # replaced by a fallback stream (closing the old one ended it): read the new one
+                        if inner is not self._inner and not self._closed:
+                            break  # replaced (or being replaced) by a fallback stream, whose closing of the old
+                            # one ended it: read the new one, once the switch is done
                         self._policy.done(self._provider, None)
                         return
                     except TimeoutError as exc:

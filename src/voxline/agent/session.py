@@ -31,8 +31,9 @@ from voxline.agent.tools import ToolBox
 from voxline.agent.turns import TurnDetector, TurnEvent
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import VoxlineError
+from voxline.observe import reporting_to
 from voxline.providers.base import SpeculativeSTTStream, STTStream, ToolCall, Transcript
-from voxline.resilience import RetryBudget, is_no_speech
+from voxline.resilience import RetryBudget, close_quietly, is_no_speech
 from voxline.transports.base import ClientEvent, Transport
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ class Session:
 
     async def run(self) -> None:
         """Serve the caller until they hang up, or until the agent ends the call (the `end_call` tool)."""
+        with reporting_to(self.emit):  # what the shared providers do for this caller reaches this caller
+            await self._serve()
+
+    async def _serve(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -254,9 +259,9 @@ class Session:
         try:
             await user.stream.finalize()
             transcript = await user.final
-        finally:
-            with contextlib.suppress(Exception):
-                await user.stream.close()
+        finally:  # off the reply's path: a provider's goodbye (a socket's closing handshake) can take a while
+            assert self._tasks is not None
+            self._tasks.create_task(close_quietly(user.stream))
         user.timeline.mark("final_transcript")
         text = transcript.text.strip()
         self.emit({"type": "transcript", "final": True, "text": text})

@@ -21,6 +21,7 @@ from voxline.agent.tools import BUILTIN_TOOLS, ToolBox
 from voxline.agent.turns import TurnDetector, TurnOptions, make_turn_detector
 from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
+from voxline.observe import report
 from voxline.providers.base import LLM, STT, TTS, VAD, TurnModel
 from voxline.resilience import CircuitBreaker, Fallback, FallbackPhrases, Retrying, with_timeout
 
@@ -50,12 +51,14 @@ PRICE_KEYS = {("stt", "whisper"): "local/whisper-base", ("stt", "deepgram"): "de
 
 class ProviderEvents(list[dict[str, Any]]):
     """Observer of the reliability wrappers (timeouts, retries, fallbacks, breaker changes) of all sessions: logs
-    each event and keeps the latest 50, shown at /healthz."""
+    each event, keeps the latest 50 (shown at /healthz), and reports it to the session whose call caused it
+    (`voxline.observe`), so the caller's events and the session record say which provider failed and what was done."""
 
     def __call__(self, event: dict[str, Any]) -> None:
         log.warning("provider %s: %s", event.get("provider", "?"), event.get("event"))
         self.append(event)
         del self[:-50]
+        report(event)
 
 
 @dataclass

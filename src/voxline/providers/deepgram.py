@@ -42,6 +42,7 @@ from websockets.protocol import State
 from voxline.audio.codecs import encode_audio
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import ProviderError
+from voxline.observe import report
 from voxline.providers.base import Segment, Transcript, Word
 from voxline.providers.http import (
     HTTPProvider,
@@ -286,6 +287,7 @@ class DeepgramStream:
         if self._closed:
             return
         self._closed = True
+        self._out.put_nowait(None)  # the reader ends now, not after the goodbye to the server
         for task in (self._timer, self._pump):
             if task is not None:
                 task.cancel()
@@ -294,7 +296,6 @@ class DeepgramStream:
         if self._conn is not None:
             await self._stt._release(self._conn, self._clean and not self._finalizing)
             self._conn = None
-        self._out.put_nowait(None)
 
     def __aiter__(self) -> AsyncIterator[Transcript]:
         return self._iterate()
@@ -350,9 +351,11 @@ class DeepgramStream:
                     f"{stt.reconnect_attempts} reconnects allowed per turn are used up", provider=stt.name,
                     retryable=True))
                 return False
+            replay_s = round(self._replay_bytes / (2 * self._rate), 3)
             log.warning("%s: connection lost (%s); reconnecting (%d/%d) and replaying %.2f s of audio", stt.name,
-                        closed.code or "dropped", self._reconnects, stt.reconnect_attempts,
-                        self._replay_bytes / (2 * self._rate))
+                        closed.code or "dropped", self._reconnects, stt.reconnect_attempts, replay_s)
+            report({"type": "provider", "event": "reconnect", "provider": stt.name, "kind": "stt",
+                    "attempt": self._reconnects, "code": closed.code, "replayed_s": replay_s})
             try:
                 conn = await stt._connect(self._key)
             except ProviderError as exc:
