@@ -9,11 +9,11 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
 
+from caller import Caller
 from serving import serving
 from voxline.agent.config import AgentConfig
 from voxline.agent.stack import build_stack
@@ -53,34 +53,6 @@ def words(text: str) -> list[str]:
 
 def speech(speech_dir: Path, name: str) -> AudioFrame:
     return read_audio(speech_dir / name).to_mono().resample(16000)
-
-
-class Caller:
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[dict[str, Any]] = []
-        self.audio = bytearray()
-        self.arrived = asyncio.Event()
-
-    async def listen(self) -> None:
-        async for message in self.ws:
-            if isinstance(message, bytes):
-                self.audio += message
-            else:
-                self.events.append(json.loads(message))
-            self.arrived.set()
-
-    async def say(self, audio: AudioFrame, speed: float = 1.0) -> None:
-        for frame in audio.chunks(0.02):
-            await self.ws.send(frame.pcm())
-            await asyncio.sleep(0.02 / speed)
-
-    async def wait_for(self, kind: str, count: int = 1, within_s: float = 30.0) -> dict[str, Any]:
-        async with asyncio.timeout(within_s):
-            while len(found := [e for e in self.events if e["type"] == kind]) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return found[count - 1]
 
 
 async def test_spoken_question_gets_a_spoken_answer(url: str, speech_dir: Path) -> None:
