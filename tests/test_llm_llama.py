@@ -156,6 +156,17 @@ async def test_warm_turn_reuses_the_cached_prompt(llm: LlamaLLM) -> None:
     assert warm < cold, f"warm {warm * 1000:.0f} ms vs cold {cold * 1000:.0f} ms"
 
 
+async def test_a_warm_prompt_is_in_the_cache_before_the_first_reply(model_store: ModelStore) -> None:
+    model = LlamaLLM(store=model_store, warm_prompt=SYSTEM.content)
+    try:
+        cached = model._llama.n_tokens
+        assert cached == len(model._render([SYSTEM]))
+        text, _ = await reply(model, "Say hello.", max_tokens=4, temperature=0.0)
+        assert text.strip()
+    finally:
+        model.close()
+
+
 async def test_bad_input_is_refused_clearly(llm: LlamaLLM, tmp_path: Path) -> None:
     with pytest.raises(ProviderError, match="no messages"):
         [d async for d in llm.stream([])]

@@ -124,7 +124,10 @@ def _resilient(kind: str, table: dict[str, tuple[str, str]], names: list[str], c
              "tts": rel.tts_first_audio_timeout_s}[kind]
     chain = []
     for name in names:
-        provider = _construct(kind.upper(), table, name, config.providers.options.get(name, {}), store)
+        options = dict(config.providers.options.get(name, {}))
+        if name == "llama":  # every reply starts with the system prompt: evaluate it at load, not in the first reply
+            options.setdefault("warm_prompt", config.agent.system_prompt)
+        provider = _construct(kind.upper(), table, name, options, store)
         wrapped: Any = with_timeout(provider, first_item=limit, observer=observer)
         if rel.retries and name not in LOCAL:  # a local model does not recover by being asked again
             wrapped = Retrying(wrapped, attempts=rel.retries + 1, observer=observer)
