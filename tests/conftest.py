@@ -1,15 +1,17 @@
-"""Shared fixtures: where the recorded speech lives, and the model store the set-up filled."""
+"""Shared fixtures: where the recorded speech lives, the model store the set-up filled, the vendor fakes."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voxline.fakes import FakeVendors, running
 from voxline.models.store import ModelStore, disable_hubs
 
 disable_hubs()
@@ -43,3 +45,10 @@ def bad_dir() -> Path:
 def model_store() -> ModelStore:
     """The default model store; `make test` pulls the default set into it before pytest starts."""
     return ModelStore()
+
+
+@pytest.fixture(scope="module")
+async def fakes() -> AsyncIterator[FakeVendors]:
+    """The four vendor fakes on a loopback port for one test module; they accept the key "fake-key"."""
+    async with running() as vendors:
+        yield vendors

@@ -11,19 +11,13 @@ import pytest
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
-from voxline.fakes import FakeVendors, Fault, running
+from voxline.fakes import FakeVendors, Fault
 from voxline.fakes.audio import encode_words
 from voxline.providers.base import STT, Transcript
 from voxline.providers.deepgram import DeepgramSTT
 
 KEY = "fake-key"
 WORDS: list[str | None] = ["one", "two", "three", "four", "five", None, "six", "seven", "eight", "nine"]
-
-
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[FakeVendors]:
-    async with running(api_key=KEY) as f:
-        yield f
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 
 from voxline.audio.codecs import encode_audio
 from voxline.errors import AudioDecodeError, ConfigError
-from voxline.fakes import FakeVendors, running
+from voxline.fakes import FakeVendors
 from voxline.fakes.audio import encode_words, tone
 from voxline.providers.deepgram import DeepgramSTT
 from voxline.providers.elevenlabs import ElevenLabsTTS
@@ -95,12 +95,6 @@ def test_streamed_decoders_split_anywhere() -> None:
 
 # ---- prewarm / keep-alive figures ----------------------------------------------------------------------------
 CONNECT_DELAY = 0.15  # stands in for TCP + TLS (+ WebSocket upgrade) to a distant vendor
-
-
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[FakeVendors]:
-    async with running() as f:
-        yield f
 
 
 async def _first_audio(tts: ElevenLabsTTS) -> float:

@@ -4,14 +4,13 @@ and every injected fault giving a clear `ProviderError` (or a retry)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from voxline.agent.tools import ToolBox, current_time
 from voxline.errors import ConfigError, ProviderError
-from voxline.fakes import FakeVendors, Fault, running
+from voxline.fakes import FakeVendors, Fault
 from voxline.providers.anthropic import AnthropicLLM
 from voxline.providers.base import LLMDelta, Message
 from voxline.providers.openai import OpenAILLM
@@ -19,12 +18,6 @@ from voxline.resilience import EventLog, Retrying
 
 KEY = "fake-key"
 HISTORY = [Message("system", "Be brief."), Message("user", "What time is it in Paris?")]
-
-
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[FakeVendors]:
-    async with running(api_key=KEY) as f:
-        yield f
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ConfigError, ProviderError
-from voxline.fakes import FakeVendors, Fault, running
+from voxline.fakes import FakeVendors, Fault
 from voxline.fakes.audio import encode_words
 from voxline.providers.base import TTS, StreamingTTS
 from voxline.providers.elevenlabs import ElevenLabsTTS, WordTimings
@@ -19,12 +19,6 @@ from voxline.providers.openai import OpenAISTT, OpenAITTS
 
 KEY = "fake-key"
 TEXT = "Hello there, how are you today?"  # 31 characters: ~2.07 s at the fakes' 15 characters per second
-
-
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[FakeVendors]:
-    async with running(api_key=KEY) as f:
-        yield f
 
 
 @pytest.fixture(autouse=True)
