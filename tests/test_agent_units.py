@@ -46,6 +46,15 @@ def test_long_first_sentence_is_cut_at_a_clause() -> None:
     assert " ".join(pieces).split() == " ".join(tokens).split()  # nothing lost, nothing added
 
 
+def test_a_long_first_sentence_without_commas_is_cut_before_a_conjunction() -> None:
+    text = "He should make inquiries as to symptoms and time at which the attack began and why."
+    pieces = stream([t + " " for t in text.split(" ")], clause_min_words=4)
+    assert pieces == ["He should make inquiries as to symptoms", "and time at which the attack began and why."]
+    short = "Rock and roll is here to stay."
+    assert stream([t + " " for t in short.split(" ")]) == [short]  # too few words before "and": no cut
+    assert split_sentences(text) == [text]  # whole texts (Piper) are cut at sentence ends only
+
+
 def test_words_heard_follows_playout_position() -> None:
     spans = [("Hello there.", 0.0, 1.0), ("The weather is sunny today.", 1.0, 3.0)]
     assert words_heard(spans, 0.0) == ""
