@@ -236,7 +236,10 @@ class WhisperSTT:
     # ---- decoding (worker threads) -----------------------------------------------------------------------------
 
     def _decode_final(self, samples: np.ndarray, language: str | None, words: bool, window: Window | None,
-                      on_progress: Callable[[float], None] | None = None) -> _Decoded:
+                      on_progress: Callable[[float], None] | None = None,
+                      abandoned: threading.Event | None = None) -> _Decoded:
+        """`abandoned`: set once nobody will read the result (a superseded speculation); a running decode cannot be
+        interrupted, but it skips the padded redo, which would hold the worker for ~1 s more."""
         language = language if language is not None else self.language
         if language is not None and language not in self._model.supported_languages:
             raise ConfigError(f"unknown language code {language!r} (Whisper knows e.g. en, de, fr, es, ja)")
@@ -248,6 +251,8 @@ class WhisperSTT:
             decoded = self._decode_short(samples, language, words, self.beam_size, final=True)
             if decoded is not None:
                 return _Decoded(decoded)
+            if abandoned is not None and abandoned.is_set():
+                return _Decoded(Transcript("", is_final=True, language=language, duration=duration))  # unread
             return _Decoded(self._decode_padded(samples, language, words), fell_back=True)
         return _Decoded(self._decode_padded(samples, language, words, on_progress))
 
@@ -421,6 +426,7 @@ class WhisperStream:
         self._new_audio = asyncio.Event()
         self._interims: asyncio.Task[None] | None = None
         self._speculation: asyncio.Task[Transcript] | None = None
+        self._abandoned = threading.Event()  # of the current speculation
         self._closed = False
 
     @property
@@ -460,6 +466,11 @@ class WhisperStream:
         return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
 
     async def _interim_loop(self) -> None:
+        """Interims re-decode the whole turn, so on a long turn each costs more. After each one the loop rests as
+        long as it took (the worker is busy with interims at most half the time): the decode a turn end waits for
+        (a final, or the speculation at a pause) then rarely queues behind an interim already running, which
+        cannot be interrupted, and the CPU is left to the replies being generated meanwhile. No interim starts while
+        a speculative final is being decoded: it would be the same words, later."""
         stt = self._stt
         step = round(stt.interim_interval_s * SAMPLE_RATE)
         while True:
@@ -467,8 +478,11 @@ class WhisperStream:
             self._new_audio.clear()
             if self._samples < stt.min_interim_s * SAMPLE_RATE or self._samples - self._decoded_samples < step:
                 continue
+            if self._speculation is not None and not self._speculation.done():
+                await asyncio.wait([self._speculation])
             samples = self._audio()
             self._decoded_samples = len(samples)
+            started = time.perf_counter()
             try:
                 transcript = await stt._run(INTERIM, functools.partial(stt._decode_interim, samples, self._language))
             except ProviderError as exc:
@@ -477,6 +491,7 @@ class WhisperStream:
             if transcript.text and transcript.text != self._last_interim:
                 self._last_interim = transcript.text
                 self._out.put_nowait(transcript)
+            await asyncio.sleep(time.perf_counter() - started)
             self._new_audio.set()  # audio that came in meanwhile may already be due
 
     async def _stop_interims(self) -> None:
@@ -497,11 +512,12 @@ class WhisperStream:
             return
         self._cancel_speculation()
         samples = self._audio()
-        self._speculation = asyncio.create_task(self._speculate(samples))
+        self._abandoned = threading.Event()
+        self._speculation = asyncio.create_task(self._speculate(samples, self._abandoned))
 
-    async def _speculate(self, samples: np.ndarray) -> Transcript:
-        transcript = await self._stt._run(
-            FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
+    async def _speculate(self, samples: np.ndarray, abandoned: threading.Event) -> Transcript:
+        decode = functools.partial(self._stt._decode_final, samples, self._language, False, None, abandoned=abandoned)
+        transcript = (await self._stt._run(FINAL, decode)).transcript
         if transcript.text:
             # Also an interim result: turn detectors reading the words get the best transcript of the pause at once
             # (even when an interim had the same words: the detector only trusts words set after the speech stopped).
@@ -512,6 +528,7 @@ class WhisperStream:
     def _cancel_speculation(self) -> None:
         if self._speculation is not None and not self._speculation.done():
             self._speculation.cancel()
+            self._abandoned.set()
         self._speculation = None
 
     async def finalize(self) -> None:
