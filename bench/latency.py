@@ -3,7 +3,9 @@
 For each file: connect a real `websockets` client to a real uvicorn server running the offline stack, send the
 utterance (the body faster than real time, the last second and the trailing silence in real time, so endpointing
 waits as long as it would for a live caller), and time from the last voiced frame sent to the first reply audio
-byte received. The server's own per-stage timeline comes back as the `timeline` event.
+byte received. The server's own per-stage timeline comes back as the `timeline` event. A reply to a turn ended
+too early (inside the utterance, then cut by the speaker going on) is counted as premature, not timed: the turn
+measured is the one answered after the speech really ended.
 
 Baseline, same run: the sequential pipeline without overlap (batch STT with the padded 30 s window after the turn,
 the whole LLM reply, the whole TTS of that reply), timed on the same providers.
@@ -80,19 +82,30 @@ async def one_turn(url: str, audio: AudioFrame, fast: float) -> dict[str, Any]:
                     result["speech_end"] = time.monotonic()
 
         sender = asyncio.create_task(send())
+        first_audio: float | None = None  # of the reply in progress
+        interrupted = False
+        result["premature_replies"] = 0
         try:
             async with asyncio.timeout(60):
                 while True:
                     message = await ws.recv()
                     if isinstance(message, bytes):
-                        result.setdefault("first_audio", time.monotonic())
+                        first_audio = first_audio or time.monotonic()
                         continue
                     event = json.loads(message)
-                    if event["type"] == "transcript" and event["final"]:
+                    if event["type"] == "reply_started":
+                        first_audio = None
+                    elif event["type"] == "transcript" and event["final"]:
                         result["transcript"] = event["text"]
                     elif event["type"] == "agent_done":
-                        result["reply"] = event["text"]
-                    elif event["type"] == "timeline":
+                        interrupted = event["interrupted"]
+                        if interrupted:  # a reply to a turn ended too early, cut when the speaker went on
+                            result["premature_replies"] += 1
+                        else:
+                            result["reply"] = event["text"]
+                            if first_audio is not None:
+                                result["first_audio"] = first_audio
+                    elif event["type"] == "timeline" and not interrupted:
                         result["timeline"] = event
                         break
         finally:
@@ -153,7 +166,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    config = AgentConfig.load(args.config)
+    # The TTS cache stays off: these replies repeat from run to run, and a hit would time the cache, not Piper.
+    config = AgentConfig.load(args.config, cache={"enabled": False})
     console.print("loading the offline stack ...")
     stack = build_stack(config)
     app = create_app(stack, config)
@@ -165,7 +179,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for path in track(files(args.limit), description="turns", console=console):
             audio = read_audio(path).to_mono().resample(16000)
             r = await one_turn(url, audio, args.fast)
-            r["file"] = str(path.relative_to(SPEECH))
+            r["file"], r["duration_s"] = str(path.relative_to(SPEECH)), audio.duration
             results.append(r)
             if args.baseline_every and len(results) % args.baseline_every == 1:
                 baselines.append(await sequential_baseline(stack, config, audio))
@@ -181,7 +195,9 @@ async def main_async(args: argparse.Namespace) -> None:
             table.add_row(stage, f"{statistics.median(vals):.0f}", f"{pct(vals, 90):.0f}")
     Console().print(table)
     summary = {"turns": len(results), "replies": len(v2v), "v2v_ms_median": round(statistics.median(v2v), 1),
-               "v2v_ms_p90": round(pct(v2v, 90), 1)}
+               "v2v_ms_p90": round(pct(v2v, 90), 1),
+               "premature_replies": sum(r["premature_replies"] for r in results),
+               "median_turn_s": round(statistics.median(r["duration_s"] for r in results), 2)}
     if baselines:
         summary["sequential_baseline_ms_median"] = round(statistics.median(baselines), 1)
         summary["speed_up_vs_sequential"] = round(statistics.median(baselines) / summary["v2v_ms_median"], 2)
