@@ -145,6 +145,33 @@ async def test_pause_speculation_gives_the_final_at_once(stt: WhisperSTT,
     await stream.close()
 
 
+async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_again(
+        stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
+    first = gold[0][0].to_mono().resample(16000)  # 7.1 s: more than commit_min_s
+    second = gold[1][0].to_mono().resample(16000)
+    head = AudioFrame.concat([first, AudioFrame.silence(0.3, 16000)])  # the speaker pauses ...
+    rest = AudioFrame.concat([AudioFrame.silence(0.5, 16000), second, AudioFrame.silence(0.3, 16000)])  # ... goes on
+    stream = stt.stream(16000, language="en")
+    got: list[Transcript] = []
+    reader = asyncio.create_task(_collect(stream, got))
+    await stream.send(head)
+    await stream.pause()
+    assert stream._speculation is not None
+    await asyncio.wait([stream._speculation])  # the decode of the pause has come back
+    await stream.send(rest)
+    await stream.pause()  # a second pause: the first one's words are final now
+    await stream.finalize()
+    await asyncio.wait_for(reader, 30)
+    await stream.close()
+    final = got[-1]
+    committed, tail = await stt.transcribe(head, "en"), await stt.transcribe(rest, "en")
+    assert final.is_final and final.text == f"{committed.text} {tail.text}"  # the tail decoded on its own
+    assert final.segments[-1].start >= head.duration - 0.5 and final.duration == pytest.approx(head.duration +
+                                                                                                rest.duration)
+    whole = await stt.transcribe(AudioFrame.concat([head, rest]), "en")
+    assert edit_distance(words(final.text), words(whole.text)) <= 2  # the same words as a decode of the whole
+
+
 async def test_stream_next_turn_and_close(stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
     stream = stt.stream(16000, language="en")
     finals = []

@@ -151,7 +151,8 @@ class WhisperSTT:
     """Whisper base (int8) on faster-whisper; `transcribe` for whole audio, `stream` for live turns.
 
     `window` picks the default decoding window ("short" or "padded", see the module docstring); `language` None
-    detects the language per utterance. `beam_size` applies to finals; interims are greedy.
+    detects the language per utterance. `beam_size` applies to finals; interims are greedy. `commit_min_s`: see
+    `WhisperStream` (None: every final decodes the whole turn, exactly as `transcribe`).
     """
 
     name = "whisper"
@@ -159,7 +160,7 @@ class WhisperSTT:
     def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None, cpu_threads: int = 2,
                  num_workers: int = 1, window: Window = "short", language: str | None = None, beam_size: int = 5,
                  short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
-                 min_interim_s: float = 0.6) -> None:
+                 min_interim_s: float = 0.6, commit_min_s: float | None = 3.0) -> None:
         from faster_whisper import WhisperModel
 
         if cpu_threads < 1 or num_workers < 1:
@@ -183,6 +184,7 @@ class WhisperSTT:
         self.short = short or ShortWindowOptions()
         self.interim_interval_s = interim_interval_s
         self.min_interim_s = min_interim_s
+        self.commit_min_s = commit_min_s
         self._workers = _Workers(num_workers)
 
     # ---- public API ------------------------------------------------------------------------------------------
@@ -405,12 +407,31 @@ def _transcript(segments: list[Segment], final: bool, language: str | None, dura
                       language=language, duration=duration)
 
 
+def _after(prefix: Transcript | None, tail: Transcript, offset_s: float) -> Transcript:
+    """`tail`, decoded from `offset_s` seconds into the turn, after the words already committed (`prefix`)."""
+    if prefix is None:
+        return tail
+    shifted = tuple(Segment(s.text, round(s.start + offset_s, 3), round(s.end + offset_s, 3),
+                            tuple(Word(w.text, w.start + offset_s, w.end + offset_s, w.probability) for w in s.words))
+                    for s in tail.segments)
+    return Transcript(f"{prefix.text} {tail.text}".strip(), is_final=tail.is_final,
+                      segments=prefix.segments + shifted, language=tail.language or prefix.language,
+                      duration=offset_s + tail.duration)
+
+
 class WhisperStream:
     """One live turn: audio in, interim transcripts while it grows, a final one after `finalize()`.
 
-    Interims re-decode the whole turn so far (greedy, short window) on a background task, at most one at a time,
-    at least `interim_interval_s` of new audio apart, always on the newest audio. `finalize()` decodes the turn
-    exactly as `transcribe` would (the final equals the batch transcript) and starts a new turn for later frames.
+    Interims re-decode the turn so far (greedy, short window) on a background task, at most one at a time, at least
+    `interim_interval_s` of new audio apart, always on the newest audio. `finalize()` decodes the turn as
+    `transcribe` would and starts a new turn for later frames.
+
+    A long turn is not decoded whole at its end. `pause()` decodes the turn so far in the background (the final,
+    should the turn end in this pause); when the speaker goes on instead, the words that decode found are
+    committed, provided they cover at least `commit_min_s` of audio: the cut lies in the pause, where no word can
+    straddle it. Later decodes (interims, speculations, the final) cover only the audio after the last commit and
+    are appended to the committed words, so the final of a 10 s turn read in phrases costs the decode of its last
+    phrase, not of 10 s. The price: each phrase is decoded without the context of the ones before.
     """
 
     def __init__(self, stt: WhisperSTT, sample_rate: int, language: str | None) -> None:
@@ -427,6 +448,10 @@ class WhisperStream:
         self._interims: asyncio.Task[None] | None = None
         self._speculation: asyncio.Task[Transcript] | None = None
         self._abandoned = threading.Event()  # of the current speculation
+        self._decoded_pause: tuple[int, int, Transcript] | None = None  # (from, to) samples and words of the last one
+        self._committed: Transcript | None = None  # words before `_committed_samples`, final for this turn
+        self._committed_samples = 0
+        self._turn = 0  # finalize() starts the next one
         self._closed = False
 
     @property
@@ -482,12 +507,14 @@ class WhisperStream:
                 await asyncio.wait([self._speculation])
             samples = self._audio()
             self._decoded_samples = len(samples)
+            start, committed = self._committed_samples, self._committed
             started = time.perf_counter()
             try:
-                transcript = await stt._run(INTERIM, functools.partial(stt._decode_interim, samples, self._language))
+                tail = await stt._run(INTERIM, functools.partial(stt._decode_interim, samples[start:], self._language))
             except ProviderError as exc:
                 log.warning("interim decode failed: %s", exc)
                 continue
+            transcript = _after(committed, tail, start / SAMPLE_RATE)
             if transcript.text and transcript.text != self._last_interim:
                 self._last_interim = transcript.text
                 self._out.put_nowait(transcript)
@@ -510,14 +537,31 @@ class WhisperStream:
         pause has its final transcript at once (see `SpeculativeSTTStream`)."""
         if self._closed:
             return
+        self._commit()
         self._cancel_speculation()
         samples = self._audio()
         self._abandoned = threading.Event()
         self._speculation = asyncio.create_task(self._speculate(samples, self._abandoned))
 
+    def _commit(self) -> None:
+        """A new pause: the speaker went on after the last one, so the words decoded up to it are final."""
+        decoded, self._decoded_pause = self._decoded_pause, None
+        limit = self._stt.commit_min_s
+        if decoded is None or limit is None:
+            return
+        start, end, words = decoded
+        if start == self._committed_samples and end - start >= limit * SAMPLE_RATE and words.text:
+            self._committed = _after(self._committed, words, start / SAMPLE_RATE)
+            self._committed_samples = end
+
     async def _speculate(self, samples: np.ndarray, abandoned: threading.Event) -> Transcript:
-        decode = functools.partial(self._stt._decode_final, samples, self._language, False, None, abandoned=abandoned)
-        transcript = (await self._stt._run(FINAL, decode)).transcript
+        start, committed, turn = self._committed_samples, self._committed, self._turn
+        decode = functools.partial(self._stt._decode_final, samples[start:], self._language, False, None,
+                                   abandoned=abandoned)
+        tail = (await self._stt._run(FINAL, decode)).transcript
+        if turn == self._turn:  # not the speculation a finalize() already took for its turn
+            self._decoded_pause = (start, len(samples), tail)
+        transcript = _after(committed, tail, start / SAMPLE_RATE)
         if transcript.text:
             # Also an interim result: turn detectors reading the words get the best transcript of the pause at once
             # (even when an interim had the same words: the detector only trusts words set after the speech stopped).
@@ -538,15 +582,19 @@ class WhisperStream:
         await self._stop_interims()
         self._flush_resampler()
         samples = self._audio()
+        start, committed = self._committed_samples, self._committed
         self._chunks, self._samples, self._decoded_samples, self._last_interim = [], 0, 0, ""
+        self._committed, self._committed_samples, self._decoded_pause = None, 0, None
+        self._turn += 1
         speculation, self._speculation = self._speculation, None
         started = time.perf_counter()
         try:
             if speculation is not None:  # the turn ended in the pause it was started for: same speech
                 transcript = await speculation
             else:
-                transcript = await self._stt._run(
-                    FINAL, lambda: self._stt._decode_final(samples, self._language, False, None).transcript)
+                decode = functools.partial(self._stt._decode_final, samples[start:], self._language, False, None)
+                tail = (await self._stt._run(FINAL, decode)).transcript
+                transcript = _after(committed, tail, start / SAMPLE_RATE)
         except ProviderError as exc:
             self._out.put_nowait(exc)
             return
