@@ -491,7 +491,7 @@ class WhisperStream:
         return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
 
     async def _interim_loop(self) -> None:
-        """Interims re-decode the whole turn, so on a long turn each costs more. After each one the loop rests as
+        """Interims re-decode the turn since the last commit, so a long one costs more. After each one the loop rests as
         long as it took (the worker is busy with interims at most half the time): the decode a turn end waits for
         (a final, or the speculation at a pause) then rarely queues behind an interim already running, which
         cannot be interrupted, and the CPU is left to the replies being generated meanwhile. No interim starts while
@@ -501,7 +501,8 @@ class WhisperStream:
         while True:
             await self._new_audio.wait()
             self._new_audio.clear()
-            if self._samples < stt.min_interim_s * SAMPLE_RATE or self._samples - self._decoded_samples < step:
+            if (self._samples - self._committed_samples < stt.min_interim_s * SAMPLE_RATE
+                    or self._samples - self._decoded_samples < step):
                 continue
             if self._speculation is not None and not self._speculation.done():
                 await asyncio.wait([self._speculation])
