@@ -26,8 +26,8 @@ class SentenceSplitter:
     """Incremental splitter: `push(token)` returns the pieces completed so far, `flush()` the remainder.
 
     `clause_min_words`: cut a sentence at a clause boundary once it has this many words; `breath_min_words`: cut it
-    before a conjunction once it has this many (0 disables either). Applied to the first piece of a reply only
-    (`first_only`), where they buy latency, unless `first_only` is False.
+    before a conjunction or a preposition once it has this many (0 disables either). Applied to the first piece of a
+    reply only (`first_only`), where they buy latency, unless `first_only` is False.
     """
 
     clause_min_words: int = 4
