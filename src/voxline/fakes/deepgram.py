@@ -44,7 +44,7 @@ def _error(status: int, code: str, msg: str, headers: dict[str, str] | None = No
                         headers=headers)
 
 
-def _refusal(script: DeepgramScript, api_key: str, auth: str, fault: Fault | None) -> JSONResponse | None:
+def _refusal(api_key: str, auth: str, fault: Fault | None) -> JSONResponse | None:
     return refuse(
         fault, auth == f"Token {api_key}",
         unauthorized=lambda: _error(401, "INVALID_AUTH", "Invalid credentials."),
@@ -211,7 +211,7 @@ def routes(script: DeepgramScript, api_key: str) -> list[Route | WebSocketRoute]
         await script.on_connection(ws, websocket=True)
         script.record(ws)
         fault = script.next_fault()
-        refusal = _refusal(script, api_key, ws.headers.get("authorization", ""), fault)
+        refusal = _refusal(api_key, ws.headers.get("authorization", ""), fault)
         if refusal is None and ws.query_params.get("encoding", "linear16") != "linear16":
             refusal = _error(400, "Bad Request", "The fake supports encoding=linear16 only.")
         if refusal is not None:
@@ -228,7 +228,7 @@ def routes(script: DeepgramScript, api_key: str) -> list[Route | WebSocketRoute]
         body = await request.body()
         script.record(request, {"bytes": len(body), "content_type": request.headers.get("content-type")})
         fault = script.next_fault()
-        refusal = _refusal(script, api_key, request.headers.get("authorization", ""), fault)
+        refusal = _refusal(api_key, request.headers.get("authorization", ""), fault)
         if refusal is not None:
             return refusal
         if fault and fault.kind == "slow_first_byte":
@@ -260,7 +260,7 @@ def routes(script: DeepgramScript, api_key: str) -> list[Route | WebSocketRoute]
     async def projects(request: Request) -> Response:
         await script.on_connection(request)
         script.record(request)
-        refusal = _refusal(script, api_key, request.headers.get("authorization", ""), script.next_fault())
+        refusal = _refusal(api_key, request.headers.get("authorization", ""), script.next_fault())
         return refusal or JSONResponse({"projects": [{"project_id": "fake-project", "name": "fake"}]})
 
     return [WebSocketRoute("/v1/listen", live), Route("/v1/listen", prerecorded, methods=["POST"]),
