@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="warm rounds over all prompts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--spin", action="store_true", help="keep OpenMP's busy-waiting threads (spin_wait)")
+    parser.add_argument("--spin", action="store_true", help="leave libgomp's own ~3 ms spin in place (spin_wait)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     disable_hubs()

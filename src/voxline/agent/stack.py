@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
 from voxline.observe import report
 from voxline.providers.base import LLM, STT, TTS, VAD, TurnModel
+from voxline.providers.openmp import configure_openmp
 from voxline.resilience import CircuitBreaker, Fallback, FallbackPhrases, Retrying, with_timeout
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,7 @@ def _tools(names: list[str]) -> ToolBox | None:
 def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
     """Load every provider the config names (models once per process) plus the VAD and turn model it needs."""
     store = store or ModelStore()
-    # Native thread pools (OpenMP in CTranslate2 and llama.cpp) must not busy-wait: on 2 cores shared by STT, LLM and
-    # TTS, spinning threads starve each other (measured: LLM 1-6 tok/s spinning vs 25-45 sleeping). It is read when
-    # each library loads, so it is set before the first provider is built.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    configure_openmp()  # read when each native library loads: before the first provider is built
     p = config.providers
     events = ProviderEvents()
     stack = Stack(stt=_resilient("stt", STT_PROVIDERS, [p.stt, *p.stt_fallback], config, store, events),

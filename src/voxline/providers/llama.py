@@ -11,9 +11,10 @@ llama.cpp keeps the KV cache of the previous prompt and `Llama.generate` reuses 
 a warm turn of the same conversation only evaluates the new tokens (system prompt and history are cached).
 When sessions interleave, each turn pays for its whole prompt again.
 
-llama.cpp's OpenMP threads sleep between operations instead of spinning (OMP_WAIT_POLICY=PASSIVE, set before
-llama.cpp is first loaded unless already set): on 2 cores shared with STT, TTS or other processes, spinning
-threads fight for the cores and generation measured 5-10x slower (1-6 tokens/s instead of ~25).
+llama.cpp's OpenMP threads spin only briefly at each barrier, then sleep (`voxline.providers.openmp`): on 2 cores
+shared with STT and TTS, long-spinning threads fight for the cores, and threads that sleep at once decode 2.5x
+slower. Every use of the context, the warm-up included, runs on the worker thread: a second calling thread
+would give libgomp a second thread team, more threads than cores, and libgomp then stops spinning.
 
 llama.cpp's "extra buffer types" (AMX tiles, repacked weights) are off by default: a build with AMX support
 crashes with a protection fault inside some virtual machines that advertise AMX without enabling it (seen on
@@ -25,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-import os
-import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from typing import Any
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLMDelta, Message
+from voxline.providers.openmp import configure_openmp
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class LlamaLLM:
     """A GGUF chat model served by llama.cpp; `stream()` yields text deltas, then one delta with token counts.
 
     `temperature` and `max_tokens` are defaults that each `stream()` call may override (temperature 0 is
-    greedy); `extra_buffers` enables llama.cpp's AMX / repacked weight layouts and `spin_wait` keeps OpenMP's
-    busy-waiting threads (see the module docstring for both).
+    greedy); `extra_buffers` enables llama.cpp's AMX / repacked weight layouts and `spin_wait` leaves libgomp's
+    own long spin in place (see the module docstring for both).
     """
 
     name = "llama"
@@ -63,10 +63,7 @@ class LlamaLLM:
         """`warm_prompt`: a system prompt to evaluate at load, so that the first reply reuses its KV cache instead of
         paying for it (measured: first token 0.26-0.31 s cold, 0.12-0.15 s warm, on 2 cores)."""
         if not spin_wait:
-            if "llama_cpp" in sys.modules:  # libgomp read its settings when llama_cpp was loaded
-                log.debug("llama.cpp already loaded: OMP_WAIT_POLICY stays %s", os.environ.get("OMP_WAIT_POLICY"))
-            else:
-                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            configure_openmp()
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -103,7 +100,7 @@ class LlamaLLM:
         self._generating = threading.Event()
         self._warned_tools = False
         if warm_prompt:
-            self._llama.eval(self._render([Message("system", warm_prompt)]))
+            self._worker.submit(self._llama.eval, self._render([Message("system", warm_prompt)])).result()
 
     @property
     def generating(self) -> bool:

@@ -44,6 +44,7 @@ from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import AudioError, ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import Segment, Transcript, Word
+from voxline.providers.openmp import configure_openmp
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class WhisperSTT:
                  num_workers: int = 1, window: Window = "short", language: str | None = None, beam_size: int = 5,
                  short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
                  min_interim_s: float = 0.6, commit_min_s: float | None = 3.0) -> None:
+        configure_openmp()
         from faster_whisper import WhisperModel
 
         if cpu_threads < 1 or num_workers < 1:
