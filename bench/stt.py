@@ -37,7 +37,7 @@ SHORT_UTTERANCE = (2.0, 4.0)  # "~3 s" utterances for the latency figure
 @click.command()
 @click.option("--limit", type=int, default=None, help="Decode the gold files plus a random sample of N others.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads per decode.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(limit: int | None, json_out: Path | None, threads: int, seed: int) -> None:
     disable_hubs()

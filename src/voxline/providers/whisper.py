@@ -13,11 +13,12 @@ Two decoding windows:
   See docs/stt.md for the measured trade-off.
 
 One `WhisperSTT` holds one model and is shared by every session of a process. Decodes run on worker threads that
-the `WhisperSTT` owns (`num_workers`, 1 by default, each with `cpu_threads` threads): on a 2-core machine one decode
-at a time with both cores finishes each sooner than two decodes fighting over them, and the workers take finals
-before interims, so a caller waiting for its end-of-turn transcript never queues behind another caller's
-interim. A stream keeps at most one interim decode in flight and always decodes its newest audio, so interim work
-cannot pile up when the machine is busy.
+the `WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads` threads, 1 by default). Whisper
+base's matrices in the short window are too small to split: on 2 cores one thread decodes a 3 s clip in 225-236 ms
+median against 350-362 ms with two (`bench/stt.py --threads`), so two single-thread workers let a final start at
+once while an interim finishes on the other core. The workers take finals before interims, so a caller waiting
+for its end-of-turn transcript never queues behind another caller's interim. A stream keeps at most one interim
+decode in flight and always decodes its newest audio, so interim work cannot pile up when the machine is busy.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ class WhisperSTT:
 
     name = "whisper"
 
-    def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None, cpu_threads: int = 2,
-                 num_workers: int = 1, window: Window = "short", language: str | None = None, beam_size: int = 5,
+    def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None, cpu_threads: int = 1,
+                 num_workers: int = 2, window: Window = "short", language: str | None = None, beam_size: int = 5,
                  short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
                  min_interim_s: float = 0.6, commit_min_s: float | None = 3.0) -> None:
         configure_openmp()
