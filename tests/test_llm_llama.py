@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from voxline.errors import ConfigError, ModelError, ModelNotFoundError, Provider
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, LLMDelta, Message
 from voxline.providers.llama import LlamaLLM
+from voxline.providers.openmp import SPIN_COUNT, configure_openmp
 
 SYSTEM = Message("system", "You are a helpful voice assistant. Answer in one short sentence.")
 
@@ -165,6 +168,31 @@ async def test_a_warm_prompt_is_in_the_cache_before_the_first_reply(model_store:
         assert text.strip()
     finally:
         model.close()
+
+
+def _nice(tid: int) -> int:
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+async def test_generation_runs_below_the_process_priority(llm: LlamaLLM) -> None:
+    """The worker and the OpenMP threads it starts yield the cores to TTS and STT (see `nice`)."""
+    await reply(llm, "Say hello.", max_tokens=4, temperature=0.0)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    worker = next(t for t in threading.enumerate() if t.name.startswith("llama"))
+    assert worker.native_id is not None and _nice(worker.native_id) == base + 5
+    lowered = [int(tid) for tid in os.listdir("/proc/self/task") if _nice(int(tid)) == base + 5]
+    assert len(lowered) >= 2, "llama.cpp's OpenMP helper did not inherit the worker's priority"
+    assert _nice(threading.get_native_id()) == base
+
+
+def test_openmp_settings_leave_the_users_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "42")
+    configure_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "42"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    configure_openmp()
+    assert os.environ["GOMP_SPINCOUNT"] == str(SPIN_COUNT)
 
 
 async def test_bad_input_is_refused_clearly(llm: LlamaLLM, tmp_path: Path) -> None:
