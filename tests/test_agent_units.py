@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from voxline.agent.config import AgentConfig
 from voxline.agent.context import Conversation, words_heard
+from voxline.agent.draft import Draft
 from voxline.agent.sentences import SentenceSplitter, split_sentences
 from voxline.agent.session import is_backchannel, is_echo
 from voxline.agent.timeline import TurnTimeline
-from voxline.errors import ConfigError
+from voxline.errors import ConfigError, ProviderError
+from voxline.providers.base import LLM, LLMDelta, Message
 
 
 def stream(tokens: list[str], clause_min_words: int = 8) -> list[str]:
@@ -124,3 +130,71 @@ def test_a_detector_the_config_did_not_load_is_loaded_once_per_stack(model_store
     stack.turn_detector(TurnOptions(detector="smart"))
     stack.turn_detector(TurnOptions(detector="silero"))
     assert stack.vad is vad and stack.turn_model is model  # shared by every later session, not loaded again
+
+
+class _SlowLLM:
+    """Streams `words` one per 20 ms, or fails after `fail_after` of them; records cancellations."""
+
+    name = "slow"
+
+    def __init__(self, words: list[str], fail_after: int | None = None) -> None:
+        self.words, self.fail_after, self.cancelled = words, fail_after, False
+
+    async def stream(self, messages: Sequence[Message], **_: Any) -> AsyncIterator[LLMDelta]:
+        try:
+            for i, word in enumerate(self.words):
+                if i == self.fail_after:
+                    raise ProviderError("stream dropped", provider=self.name)
+                await asyncio.sleep(0.02)
+                yield LLMDelta(text=word)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+def _draft(llm: _SlowLLM, tasks: asyncio.TaskGroup) -> Draft:
+    return Draft(cast(LLM, llm), [Message("user", "hi")], "hi", 0, tasks=tasks, max_tokens=10, temperature=0.0)
+
+
+async def test_a_draft_replays_what_it_has_then_streams_the_rest() -> None:
+    llm = _SlowLLM(["a ", "b ", "c ", "d"])
+    async with asyncio.TaskGroup() as tasks:
+        draft = _draft(llm, tasks)
+        await asyncio.sleep(0.05)  # two words buffered before anyone asks
+        assert draft.fits("hi", 0) and not draft.fits("hi there", 0) and not draft.fits("hi", 2)
+        started = time.perf_counter()
+        seen = []
+        async for delta in draft.replay():
+            seen.append((delta.text, time.perf_counter() - started))
+    assert [text for text, _ in seen] == ["a ", "b ", "c ", "d"]
+    assert seen[1][1] < 0.01 < seen[3][1]  # the buffered ones at once, the rest as generated
+    assert not llm.cancelled
+
+
+async def test_a_draft_stopped_early_or_dropped_stops_its_llm_and_keeps_its_error() -> None:
+    llm = _SlowLLM(["a ", "b ", "c ", "d "] * 5)
+    async with asyncio.TaskGroup() as tasks:
+        draft = _draft(llm, tasks)
+        async for _ in draft.replay():
+            break
+    assert llm.cancelled
+    llm = _SlowLLM(["a ", "b "] * 5)
+    async with asyncio.TaskGroup() as tasks:
+        draft = _draft(llm, tasks)
+        await asyncio.sleep(0.03)  # generating
+        draft.cancel()
+        assert not draft.fits("hi", 0)
+    assert llm.cancelled
+    llm = _SlowLLM(["a ", "b ", "c "], fail_after=2)
+    async with asyncio.TaskGroup() as tasks:  # the error reaches the reply, not the session's task group
+        draft = _draft(llm, tasks)
+        with pytest.raises(ProviderError, match="dropped"):
+            [d async for d in draft.replay()]
+
+
+def test_the_conversation_previews_the_llm_view_with_the_next_user_turn() -> None:
+    c = Conversation("sys", max_history_turns=1)
+    c.add_user("one")
+    c.add_assistant("two")
+    assert [m.content for m in c.for_llm_with_user("three")] == ["sys", "three"]
+    assert [m.content for m in c.messages] == ["one", "two"]

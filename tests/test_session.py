@@ -17,6 +17,8 @@ from voxline.agent.config import AgentConfig
 from voxline.agent.session import Session
 from voxline.agent.stack import Stack, scripted_stack
 from voxline.errors import ProviderError
+from voxline.providers.base import Transcript
+from voxline.providers.scripted import ScriptedLLM, ScriptedSTT, ScriptedSTTStream
 from voxline.resilience import FallbackPhrases
 from voxline.transports.memory import MemoryTransport
 
@@ -25,7 +27,7 @@ LONG_REPLY = ("Sure. The first thing to know is that the weather today will be s
 
 
 def config(**sections: Any) -> AgentConfig:
-    return AgentConfig.load(turn={"detector": "silero", "silence_s": 0.4}, **sections)
+    return AgentConfig.load(**{"turn": {"detector": "silero", "silence_s": 0.4}, **sections})
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +290,73 @@ async def test_end_call_tool_hangs_up_after_the_goodbye(vad_stack: Stack) -> Non
     kinds = [e["type"] for e in transport.events]
     assert kinds.index("agent_done") < kinds.index("call_ended")
     assert session.conversation.messages[-1].content == "Goodbye!"
+
+
+class PausingSTT(ScriptedSTT):
+    """Like Whisper's speculative stream: at each pause, the words so far (`pause_text`) arrive as an interim."""
+
+    def __init__(self, pause_text: str, final_text: str) -> None:
+        super().__init__(text=final_text)
+        self.pause_text = pause_text
+
+    def stream(self, sample_rate: int = 16000, language: str | None = None) -> ScriptedSTTStream:
+        stt = self
+
+        class Stream(ScriptedSTTStream):
+            async def pause(self) -> None:
+                self._results.put_nowait(Transcript(stt.pause_text, is_final=False))
+
+        return Stream(self)
+
+
+def drafting_stack(base: Stack, pause_text: str, final_text: str) -> Stack:
+    stack = stack_with(base, llm={"first_token_s": 0.3})
+    stack.stt = PausingSTT(pause_text, final_text)
+    return stack
+
+
+async def one_turn_then_silence(t: MemoryTransport) -> None:
+    end = await feed(t, utterance(0, 2.5))
+    await silence(t, 1.2, start=end)
+    await t.wait_for("agent_done", 10)
+
+
+async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad_stack: Stack) -> None:
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it")
+    session, t = await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), one_turn_then_silence)
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM)
+    assert {c[-1].content for c in llm.calls} == {"what time is it"}  # one draft per pause (this clip has two)
+    stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
+    # The last draft was adopted: its 300 ms to the first token passed while the detector waited out the silence.
+    assert stages["llm_first_token"] - stages["final_transcript"] < 150
+    assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
+
+
+async def test_a_draft_is_dropped_when_the_user_goes_on_or_the_words_change(vad_stack: Stack) -> None:
+    stack = drafting_stack(vad_stack, "what time", "what time is it in Paris")
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(0, 2.0))
+        end = await silence(t, 0.3, start=end)  # a pause: a draft starts on "what time"
+        end = await feed(t, utterance(1, 1.5), start=end)  # ... and is dropped when the user goes on
+        await silence(t, 1.2, start=end)  # another draft on "what time"; the final says more
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), script)
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM)
+    asked = [c[-1].content for c in llm.calls]
+    assert asked[-1] == "what time is it in Paris" and len(asked) >= 3 and set(asked[:-1]) == {"what time"}
+    assert [e["text"] for e in t.events if e["type"] == "agent_done"] == [llm.reply]  # one reply, to the final
+    assert [m.content for m in session.conversation.messages] == ["what time is it in Paris", llm.reply]
+
+
+async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it")
+    cfg = config(turn={"detector": "silero", "silence_s": 0.8}, agent={"draft_replies": False})
+    _, t = await run_call(stack, cfg, one_turn_then_silence)
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM) and len(llm.calls) == 1
+    stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
+    assert stages["llm_first_token"] - stages["final_transcript"] >= 299

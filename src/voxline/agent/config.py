@@ -30,6 +30,8 @@ class AgentSection(_Section):
     max_history_turns: int = Field(10, ge=1)
     tools: list[str] = Field(default_factory=list)
     """Built-in tools the LLM may call: current_time, end_call (needs an LLM that supports function calling)."""
+    draft_replies: bool = True
+    """Start the LLM on the words of a pause before the turn is known to be over (voxline.agent.draft)."""
 
 
 class ProvidersSection(_Section):

@@ -6,7 +6,7 @@ never believes it said what the user did not hear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from voxline.providers.base import Message
 
@@ -22,6 +22,10 @@ class Conversation:
         user_indexes = [i for i, m in enumerate(self.messages) if m.role == "user"]
         start = user_indexes[-self.max_history_turns] if len(user_indexes) > self.max_history_turns else 0
         return [Message("system", self.system_prompt), *self.messages[start:]]
+
+    def for_llm_with_user(self, text: str) -> list[Message]:
+        """What `for_llm()` will return once `text` is added as the user's turn (the conversation is unchanged)."""
+        return replace(self, messages=[*self.messages, Message("user", text)]).for_llm()
 
     def add_user(self, text: str) -> None:
         self.messages.append(Message("user", text))

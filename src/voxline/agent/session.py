@@ -23,6 +23,7 @@ from typing import Any
 
 from voxline.agent.config import AgentConfig
 from voxline.agent.context import Conversation, words_heard
+from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter
 from voxline.agent.stack import Stack
@@ -112,6 +113,7 @@ class Session:
         self._pre_roll: deque[AudioFrame] = deque()
         self._user: _UserTurn | None = None
         self._reply: asyncio.Task[None] | None = None
+        self._draft: Draft | None = None
         self._playout: Playout | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stream_clock: tuple[float, float] = (0.0, time.monotonic())  # (stream time, monotonic) of last frame
@@ -187,6 +189,8 @@ class Session:
             return
         self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
         events = await self.detector.push(mono)
+        if self._draft is not None and self.detector.in_speech and not self.detector.paused:
+            self._drop_draft()  # the user goes on: the draft answers too little
         if self._user is not None:
             await self._user.stream.send(mono)
             self._user.audio_s += mono.duration
@@ -248,6 +252,7 @@ class Session:
                 user.interim = transcript.text
                 self.detector.set_transcript(transcript.text)
                 self.emit({"type": "transcript", "final": False, "text": transcript.text})
+                self._maybe_draft(user)
         except VoxlineError as exc:
             self.emit({"type": "error", "source": "stt", "message": str(exc)})
         finally:
@@ -264,6 +269,11 @@ class Session:
             self._tasks.create_task(close_quietly(user.stream))
         user.timeline.mark("final_transcript")
         text = transcript.text.strip()
+        draft, self._draft = self._draft, None
+        if draft is not None and not (draft.fits(text, len(self.conversation.messages)) and self.auto_respond
+                                      and not self._agent_speaking() and not is_no_speech(text)):
+            draft.cancel()
+            draft = None
         self.emit({"type": "transcript", "final": True, "text": text})
         self.emit({"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
                    "audio_seconds": round(user.audio_s, 3)})
@@ -278,9 +288,31 @@ class Session:
                 self._start_reply(None, user.timeline, phrase="not_understood")  # speech, but no words in it
             return
         if self.auto_respond:
-            self._start_reply(text, user.timeline)
+            self._start_reply(text, user.timeline, draft=draft)  # a draft that fits: only this path is left
         else:
             self.conversation.add_user(text)
+
+    def _maybe_draft(self, user: _UserTurn) -> None:
+        """The words of a pause are in: start the reply's LLM on them while the detector still listens (see Draft)."""
+        text = user.interim.strip()
+        if (not self.config.agent.draft_replies or user is not self._user or not self.detector.paused
+                or not (self.auto_end_turns and self.auto_respond) or self._agent_speaking() or is_no_speech(text)):
+            return
+        if self._draft is not None:
+            if self._draft.fits(text, len(self.conversation.messages)):
+                return
+            self._drop_draft()
+        assert self._tasks is not None
+        tools = self.stack.tools
+        self._draft = Draft(self.stack.llm, self.conversation.for_llm_with_user(text), text,
+                            len(self.conversation.messages), tasks=self._tasks,
+                            max_tokens=self.config.agent.max_tokens, temperature=self.config.agent.temperature,
+                            tools=tools.specs() if tools is not None and len(tools) else [])
+
+    def _drop_draft(self) -> None:
+        if self._draft is not None:
+            self._draft.cancel()
+            self._draft = None
 
     # ---- barge-in -----------------------------------------------------------------------------------------------
 
@@ -313,16 +345,18 @@ class Session:
     # ---- reply --------------------------------------------------------------------------------------------------
 
     def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None,
-                     phrase: str | None = None) -> None:
+                     phrase: str | None = None, draft: Draft | None = None) -> None:
         assert self._tasks is not None
         previous = self._reply
         if previous is not None:
             previous.cancel()
         self.timelines.append(timeline)
-        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text, phrase))
+        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text, phrase,
+                                                              draft))
 
     async def _run_reply(self, previous: asyncio.Task[None] | None, user_text: str | None,
-                         timeline: TurnTimeline, fixed_text: str | None, phrase: str | None = None) -> None:
+                         timeline: TurnTimeline, fixed_text: str | None, phrase: str | None = None,
+                         draft: Draft | None = None) -> None:
         if previous is not None:  # let the interrupted reply record what was heard before the user's new words
             await asyncio.wait([previous])
         if user_text is not None:
@@ -339,7 +373,7 @@ class Session:
                     await self._play_phrase(playout, phrase)
                 else:
                     async with asyncio.TaskGroup() as reply:
-                        reply.create_task(self._generate(pieces, timeline, fixed_text))
+                        reply.create_task(self._generate(pieces, timeline, fixed_text, draft))
                         reply.create_task(self._speak(pieces, playout, timeline))
                     self._recoveries.ok()
             except* VoxlineError as group:
@@ -356,6 +390,8 @@ class Session:
             timeline.mark("interrupted")
             raise
         finally:
+            if draft is not None:  # not adopted after all (cancelled before generating): stop its LLM
+                draft.cancel()
             heard = words_heard(playout.spans, playout.played_seconds())
             recorded = " ".join(s for s in self._said_before_tools if s)  # already in the tool-call messages
             self._said_before_tools = []
@@ -383,8 +419,9 @@ class Session:
                 playout.close()
 
     async def _generate(self, pieces: asyncio.Queue[str | None], timeline: TurnTimeline,
-                        fixed_text: str | None) -> None:
-        """LLM tokens -> speakable pieces, queued for the TTS as soon as each is complete."""
+                        fixed_text: str | None, draft: Draft | None = None) -> None:
+        """LLM tokens -> speakable pieces, queued for the TTS as soon as each is complete (the first round from
+        `draft` when the reply was drafted in the pause)."""
         splitter = SentenceSplitter()
         try:
             if fixed_text is not None:
@@ -395,8 +432,10 @@ class Session:
             specs = tools.specs() if tools is not None and len(tools) else []
             for _ in range(MAX_TOOL_ROUNDS + 1):
                 said, calls = [], []
-                stream = self.stack.llm.stream(self.conversation.for_llm(), max_tokens=self.config.agent.max_tokens,
-                                               temperature=self.config.agent.temperature, tools=specs)
+                stream = draft.replay() if draft is not None else self.stack.llm.stream(
+                    self.conversation.for_llm(), max_tokens=self.config.agent.max_tokens,
+                    temperature=self.config.agent.temperature, tools=specs)
+                draft = None
                 async for delta in stream:
                     if delta.text:
                         timeline.mark("llm_first_token")

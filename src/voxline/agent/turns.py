@@ -59,6 +59,10 @@ class TurnDetector(Protocol):
     def in_speech(self) -> bool:
         """True between `speech_started` and `turn_ended`."""
 
+    @property
+    def paused(self) -> bool:
+        """True inside a turn from its `pause` event until the user speaks again or the turn ends."""
+
 
 @dataclass(frozen=True, slots=True)
 class TurnOptions:
@@ -214,6 +218,10 @@ class Endpointer:
         self.in_speech, self.speech_start, self.speech_end = False, None, None
         self._speech_run = self._gap_run = self._silence_run = 0.0
         self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self.in_speech and self._paused
 
     @property
     def silence(self) -> float:
@@ -393,6 +401,10 @@ class VADTurnDetector:
     @property
     def in_speech(self) -> bool:
         return self.machine.in_speech
+
+    @property
+    def paused(self) -> bool:
+        return self.machine.paused
 
     def set_transcript(self, text: str) -> None:
         self._transcript = text
