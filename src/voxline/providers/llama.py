@@ -63,7 +63,7 @@ class LlamaLLM:
                  extra_buffers: bool = False, spin_wait: bool = False, warm_prompt: str | None = None,
                  nice: int = 5) -> None:
         """`warm_prompt`: a system prompt to evaluate at load, so that the first reply reuses its KV cache instead of
-        paying for it (measured: first token 0.26-0.31 s cold, 0.12-0.15 s warm, on 2 cores). `nice`: how much lower
+        paying for it (`bench/llm.py`: first token 234-287 ms cold, 84-122 ms warm, on 2 cores). `nice`: how much lower
         than the process the generating threads run: on shared cores, the first audio of a reply (Piper) and the
         caller's next words (VAD, Whisper) come before tokens that will only be spoken seconds later (Piper's first
         audio next to a generating LLM: 165-198 ms median at nice 0, 150-164 ms at nice 5; alone 121-128 ms)."""
