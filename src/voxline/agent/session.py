@@ -270,27 +270,36 @@ class Session:
         user.timeline.mark("final_transcript")
         text = transcript.text.strip()
         draft, self._draft = self._draft, None
-        if draft is not None and not (draft.fits(text, len(self.conversation.messages)) and self.auto_respond
-                                      and not self._agent_speaking() and not is_no_speech(text)):
-            draft.cancel()
-            draft = None
+        # A draft answers the conversation as it was in the pause: usable only if nothing was said since.
+        usable = draft if draft is not None and draft.fits(text, len(self.conversation.messages)) \
+            and not self._agent_speaking() else None
+        handed: Draft | None = None
+        try:
+            handed = self._answer(user, text, usable)
+        finally:
+            if draft is not None and draft is not handed:
+                draft.cancel()
+
+    def _answer(self, user: _UserTurn, text: str, draft: Draft | None) -> Draft | None:
+        """Reply to the final transcript (or decide on a barge-in); returns `draft` if the reply took it over."""
         self.emit({"type": "transcript", "final": True, "text": text})
         self.emit({"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
                    "audio_seconds": round(user.audio_s, 3)})
         if self._agent_speaking():
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
-                return
+                return None
             self._interrupt()
         if is_no_speech(text):
             self.emit({"type": "ignored", "text": text, "reason": "no speech"})
             if user.audio_s >= NOT_UNDERSTOOD_AFTER_S and not self._agent_speaking():
                 self._start_reply(None, user.timeline, phrase="not_understood")  # speech, but no words in it
-            return
-        if self.auto_respond:
-            self._start_reply(text, user.timeline, draft=draft)  # a draft that fits: only this path is left
-        else:
+            return None
+        if not self.auto_respond:
             self.conversation.add_user(text)
+            return None
+        self._start_reply(text, user.timeline, draft=draft)
+        return draft
 
     def _maybe_draft(self, user: _UserTurn) -> None:
         """The words of a pause are in: start the reply's LLM on them while the detector still listens (see Draft)."""
