@@ -175,14 +175,17 @@ async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_ag
 async def test_stream_next_turn_and_close(stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
     stream = stt.stream(16000, language="en")
     finals = []
-    for audio, _ in (gold[5], gold[1]):
+    turns = (gold[5], gold[1])
+    for audio, _ in turns:
         await stream.send(audio)
         await stream.finalize()
         async for t in stream:
             if t.is_final:
                 finals.append(t)
                 break
-    assert "forward" in finals[0].text.lower() and "disposed" in finals[1].text.lower()
+    # Each final holds its own turn's words, and only those (int8 kernels differ by CPU: "ill-sposed" on AMD EPYC).
+    for final, (_, ref) in zip(finals, turns, strict=True):
+        assert edit_distance(words(ref), words(final.text)) <= 2, (ref, final.text)
     await stream.close()
     assert [t async for t in stream] == []
     with pytest.raises(VoxlineError):
