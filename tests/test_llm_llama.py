@@ -189,7 +189,7 @@ def test_openmp_settings_leave_the_users_own(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("GOMP_SPINCOUNT", "42")
     configure_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "42"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["GOMP_SPINCOUNT"] == "42"
     monkeypatch.delenv("GOMP_SPINCOUNT")
     configure_openmp()
     assert os.environ["GOMP_SPINCOUNT"] == str(SPIN_COUNT)

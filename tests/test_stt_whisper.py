@@ -14,7 +14,7 @@ from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ConfigError, VoxlineError
 from voxline.models.store import ModelStore
 from voxline.providers.base import STT, SpeculativeSTTStream, STTStream, Transcript
-from voxline.providers.whisper import WhisperSTT, _repeats
+from voxline.providers.whisper import WhisperSTT, _echoes, _repeats
 from voxline.wer import edit_distance, words
 
 pytestmark = pytest.mark.slow
@@ -234,3 +234,24 @@ def test_repetition_detector() -> None:
     assert _repeats("in 1813 in 1813")
     assert not _repeats("Hold on, hold fast. Hold out.")
     assert not _repeats("He was not an ill-disposed young man.")
+
+
+def test_echo_in_the_padding() -> None:
+    said = "Epomorphine is not allied in physiological action to morphine, and may be given in cases of poisoning."
+    assert _echoes(said, "Epomorphine is not allied in physiological")  # the transcript begun again
+    assert _echoes(said, "and may be given")  # or a phrase of it
+    assert _echoes("Go forward.", "Go forward.")
+    assert not _echoes(said, "Thank you.")  # new words: maybe real ones, placed late
+    assert not _echoes(said, "poisoning. Thank you")
+    assert not _echoes("", "Thank you.")
+
+
+def test_words_in_the_padding_are_dropped_only_when_they_repeat(stt: WhisperSTT) -> None:
+    text = "He should notice the position and temperature of the body."
+    ok_logprob, budget = -0.2, 64
+    assert not stt._suspicious(64, budget, text, "He should notice the position", ok_logprob)  # loop after the end
+    assert stt._suspicious(64, budget, text, "and the marks of violence", ok_logprob)  # late words: redo
+    assert stt._suspicious(64, budget, text, "", ok_logprob)  # budget spent inside the audio
+    assert not stt._suspicious(20, budget, text, "", ok_logprob)
+    assert stt._suspicious(20, budget, text, "", -0.9)
+    assert stt._suspicious(40, budget, text + " " + text, "", ok_logprob)  # the loop inside the audio

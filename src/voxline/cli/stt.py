@@ -62,8 +62,8 @@ def _render(result: FileResult, fmt: str, words: bool) -> str:
 @click.option("--words", is_flag=True, help="Add word timings to the JSON output.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write one FILE-stem.<txt|json|srt|vtt> per input here instead of printing.")
-@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="CPU threads per decode (on 2 cores one is fastest in the short window, two in the padded one).")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="CPU threads per decode (files are decoded one at a time).")
 @click.option("--beam-size", type=click.IntRange(1, 16), default=5, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @reports_errors
@@ -87,7 +87,7 @@ def stt(files: tuple[Path, ...], fmt: str, language: str | None, window: str | N
 
     if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
         raise click.UsageError(f"{fmt} subtitles of several files need --output-dir (one file per input)")
-    model = WhisperSTT(cpu_threads=threads, beam_size=beam_size)
+    model = WhisperSTT(cpu_threads=threads, num_workers=1, beam_size=beam_size)
     if window is not None:
         model.window = "short" if window == "short" else "padded"
     try:

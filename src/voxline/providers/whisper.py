@@ -7,16 +7,20 @@ Two decoding windows:
 - ``short``: the encoder sees only the audio there is plus `pad_s` seconds of digital silence (the log-mel floor
   Whisper saw after every utterance in training), and the decoder may emit at most ``~8 tokens per second`` of
   audio. Without that trailing silence and that bound the decoder loops on short clips ("in 1813, in 1813, in
-  18"). A decode that still looks wrong (token budget exhausted, repetitive text, low confidence, text placed in
-  the padding) is redone in the padded window, so the short window never trades accuracy for speed silently.
+  18"). A decode that still looks wrong (token budget exhausted, repetitive text, low confidence, new text placed
+  in the padding) is redone in the padded window, so the short window never trades accuracy for speed silently.
+  A transcript that the decoder merely begins again in the padding, after closing the segments of the audio, is
+  cut there instead: the words of the audio are fine, and the redo would cost a second.
   Audio longer than 30 s - `pad_s` always uses the padded window (faster-whisper's seek loop).
   See docs/stt.md for the measured trade-off.
 
 One `WhisperSTT` holds one model and is shared by every session of a process. Decodes run on worker threads that
-the `WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads` threads, 1 by default). Whisper
-base's matrices in the short window are too small to split: on 2 cores one thread decodes a 3 s clip in 225-236 ms
-median against 350-362 ms with two (`bench/stt.py --threads`), so two single-thread workers let a final start at
-once while an interim finishes on the other core. The workers take finals before interims, so a caller waiting
+the `WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads` threads, 1 by default). One decode
+alone is faster on two threads (5-10 s clips: 378 ms median against 526 ms with one; `bench/stt.py --threads`), but
+a live turn's final often overlaps an interim, and two two-thread decodes on 2 cores slow each other down: in
+`bench/latency.py` the final was ready 34 ms after the turn decision (median) with two single-thread workers against
+201 ms with two-thread ones. So sessions get two single-thread workers; batch work that decodes one file at a time
+(`voxline stt`) uses `cpu_threads=2, num_workers=1`. The workers take finals before interims, so a caller waiting
 for its end-of-turn transcript never queues behind another caller's interim. A stream keeps at most one interim
 decode in flight and always decodes its newest audio, so interim work cannot pile up when the machine is busy.
 """
@@ -318,12 +322,14 @@ class WhisperSTT:
         tokens = [t for t in result.sequences_ids[0] if t != tokenizer.eot]
         if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
             return Transcript("", is_final=final, language=language, duration=duration)
-        pieces = _split_by_timestamps(tokens, tokenizer.timestamp_begin, duration)
-        text = tokenizer.decode([t for t in tokens if t < tokenizer.timestamp_begin]).strip()
-        if final and opts.fallback and self._suspicious(tokens, pieces, text, avg_logprob, max_new, duration,
-                                                         tokenizer.timestamp_begin):
+        begin = tokenizer.timestamp_begin
+        pieces = _split_by_timestamps(tokens, begin, duration)
+        heard = [p for p in pieces if p[0] < duration]
+        text = tokenizer.decode([t for _, _, toks in heard for t in toks]).strip()
+        padding = tokenizer.decode([t for start, _, toks in pieces if start >= duration + 0.3 for t in toks]).strip()
+        if final and opts.fallback and self._suspicious(len(tokens), max_new, text, padding, avg_logprob):
             return None
-        pieces = [p for p in pieces if p[0] < duration]
+        pieces = heard
         segments: list[dict[str, Any]] = [dict(seek=0, start=s, end=e, tokens=toks) for s, e, toks in pieces]
         if words and segments:
             model.add_word_timestamps([segments], tokenizer, encoded, content_frames, _PUNCTUATION,
@@ -332,17 +338,17 @@ class WhisperSTT:
                           s["start"], min(s["end"], duration), s.get("words") if words else None) for s in segments]
         return _transcript([s for s in found if s.text], final, language, duration)
 
-    def _suspicious(self, tokens: Sequence[int], pieces: Sequence[tuple[float, float, list[int]]], text: str,
-                    avg_logprob: float, max_new: int, duration: float, timestamp_begin: int) -> bool:
+    def _suspicious(self, n_tokens: int, max_new: int, text: str, padding: str, avg_logprob: float) -> bool:
+        """Whether a short decode must be redone in the padded window. `text`: the words of the segments that start
+        inside the audio; `padding`: those of segments that start 0.3 s or more after it ended."""
         opts = self.short
-        if len(tokens) >= max_new:
-            return True  # never reached end-of-text: a loop, or text cut short
+        if padding and not _echoes(text, padding):
+            return True  # words placed after the audio ended: misplaced real words, or invented ones
+        if n_tokens >= max_new and not padding:
+            return True  # never reached end-of-text inside the audio: a loop, or text cut short
         if _compression_ratio(text) > opts.compression_ratio_threshold or _repeats(text):
             return True
-        if avg_logprob < opts.log_prob_threshold:
-            return True
-        # Words placed after the audio ended were heard in the padding.
-        return any(start >= duration + 0.3 and any(t < timestamp_begin for t in toks) for start, _, toks in pieces)
+        return avg_logprob < opts.log_prob_threshold
 
     def _decode_interim(self, samples: np.ndarray, language: str | None) -> Transcript:
         duration = len(samples) / SAMPLE_RATE
@@ -395,6 +401,18 @@ def _repeats(text: str, min_words: int = 2, times: int = 2) -> bool:
             if all(words[i + k * size:i + (k + 1) * size] == chunk for k in range(1, times)):
                 return True
     return False
+
+
+def _echoes(text: str, padding: str, run: int = 3) -> bool:
+    """Whether `padding` starts by repeating words of `text`: the decoder finished the speech, closed its segment,
+    then began the transcript again in the silence after it (the short window's loop, moved past the audio). Those
+    words are dropped and the segments inside the audio kept; any other text in the padding may be real words
+    placed late, and sends the clip to the padded window."""
+    said, again = re.findall(r"[\w']+", text.lower()), re.findall(r"[\w']+", padding.lower())
+    head = again[:run]
+    if len(head) < min(run, len(said)) or not head:
+        return False
+    return any(said[i:i + len(head)] == head for i in range(len(said) - len(head) + 1))
 
 
 def _segment(text: str, start: float, end: float, words: Any) -> Segment:
