@@ -16,8 +16,9 @@ from voxline.agent.draft import Draft
 from voxline.agent.sentences import SentenceSplitter, split_sentences
 from voxline.agent.session import is_backchannel, is_echo
 from voxline.agent.timeline import TurnTimeline
+from voxline.audio.frame import AudioFrame
 from voxline.errors import ConfigError, ProviderError
-from voxline.providers.base import LLM, LLMDelta, Message
+from voxline.providers.base import LLM, TTS, LLMDelta, Message
 
 
 def stream(tokens: list[str], clause_min_words: int = 8) -> list[str]:
@@ -190,6 +191,76 @@ async def test_a_draft_stopped_early_or_dropped_stops_its_llm_and_keeps_its_erro
         draft = _draft(llm, tasks)
         with pytest.raises(ProviderError, match="dropped"):
             [d async for d in draft.replay()]
+
+
+class _RecordingTTS:
+    """Two 20 ms frames per piece after `delay_s`, or an error; records what it was asked and its cancellations."""
+
+    name = "recording"
+
+    def __init__(self, delay_s: float = 0.01, fail: bool = False) -> None:
+        self.delay_s, self.fail = delay_s, fail
+        self.asked: list[tuple[str, str | None]] = []
+        self.cancelled = False
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
+        self.asked.append((text, voice))
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.fail:
+                raise ProviderError("tts down", provider=self.name)
+            for _ in range(2):
+                yield AudioFrame.silence(0.02, 24000)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+def _speaking_draft(llm: _SlowLLM, tts: _RecordingTTS, tasks: asyncio.TaskGroup) -> Draft:
+    return Draft(cast(LLM, llm), [Message("user", "hi")], "hi", 0, tasks=tasks, max_tokens=10, temperature=0.0,
+                 tts=cast(TTS, tts), voice="joe")
+
+
+async def test_a_draft_synthesizes_its_first_piece_once_for_the_reply() -> None:
+    llm, tts = _SlowLLM(["Hello ", "there. ", "How ", "are ", "you?"]), _RecordingTTS()
+    async with asyncio.TaskGroup() as tasks:
+        draft = _speaking_draft(llm, tts, tasks)
+        await asyncio.sleep(0.2)  # the whole reply is written, its first piece spoken: nobody has asked yet
+        assert tts.asked == [("Hello there.", "joe")]
+        replayed = "".join([d.text async for d in draft.replay()])
+        assert SentenceSplitter().push(replayed)[0] == "Hello there."  # what the reply's splitter will cut
+        assert draft.speech("Hello there.", "amy") is None  # another voice, another piece: not this audio
+        assert draft.speech("How are you?", "joe") is None
+        speech = draft.speech("Hello there.", "joe")
+        assert speech is not None and len([f async for f in speech]) == 2
+        assert draft.speech("Hello there.", "joe") is None  # played once
+    assert tts.asked == [("Hello there.", "joe")]
+    llm, tts = _SlowLLM(["Sure"]), _RecordingTTS()  # no punctuation: the whole reply is the first piece
+    async with asyncio.TaskGroup() as tasks:
+        draft = _speaking_draft(llm, tts, tasks)
+        speech = None
+        while speech is None:
+            await asyncio.sleep(0.01)
+            speech = draft.speech("Sure", "joe")
+        assert len([f async for f in speech]) == 2
+
+
+async def test_a_dropped_draft_stops_its_speech_and_a_failed_one_fails_the_reply() -> None:
+    llm, tts = _SlowLLM(["Hello. ", "Bye."]), _RecordingTTS(delay_s=5.0)
+    async with asyncio.TaskGroup() as tasks:
+        draft = _speaking_draft(llm, tts, tasks)
+        await asyncio.sleep(0.1)
+        assert tts.asked == [("Hello.", "joe")]
+        draft.cancel()
+    assert tts.cancelled
+    llm, tts = _SlowLLM(["Hello. ", "Bye."]), _RecordingTTS(fail=True)
+    async with asyncio.TaskGroup() as tasks:  # the error reaches the reply, not the session's task group
+        draft = _speaking_draft(llm, tts, tasks)
+        await asyncio.sleep(0.1)
+        speech = draft.speech("Hello.", "joe")
+        assert speech is not None
+        with pytest.raises(ProviderError, match="tts down"):
+            [f async for f in speech]
 
 
 def test_the_conversation_previews_the_llm_view_with_the_next_user_turn() -> None:

@@ -293,25 +293,29 @@ async def test_end_call_tool_hangs_up_after_the_goodbye(vad_stack: Stack) -> Non
 
 
 class PausingSTT(ScriptedSTT):
-    """Like Whisper's speculative stream: at each pause, the words so far (`pause_text`) arrive as an interim."""
+    """Like Whisper's speculative stream: at each pause, the words so far (`pause_text`) arrive as a speculative
+    interim; then, if given, `late_text` as a plain interim 0.2 s later (an interim decode of the pause's silence)."""
 
-    def __init__(self, pause_text: str, final_text: str) -> None:
+    def __init__(self, pause_text: str, final_text: str, late_text: str | None = None) -> None:
         super().__init__(text=final_text)
-        self.pause_text = pause_text
+        self.pause_text, self.late_text = pause_text, late_text
 
     def stream(self, sample_rate: int = 16000, language: str | None = None) -> ScriptedSTTStream:
         stt = self
 
         class Stream(ScriptedSTTStream):
             async def pause(self) -> None:
-                self._results.put_nowait(Transcript(stt.pause_text, is_final=False))
+                self._results.put_nowait(Transcript(stt.pause_text, is_final=False, speculative=True))
+                if stt.late_text is not None:
+                    late = Transcript(stt.late_text, is_final=False)
+                    asyncio.get_running_loop().call_later(0.2, self._results.put_nowait, late)
 
         return Stream(self)
 
 
-def drafting_stack(base: Stack, pause_text: str, final_text: str) -> Stack:
-    stack = stack_with(base, llm={"first_token_s": 0.3})
-    stack.stt = PausingSTT(pause_text, final_text)
+def drafting_stack(base: Stack, pause_text: str, final_text: str, late_text: str | None = None) -> Stack:
+    stack = stack_with(base, llm={"first_token_s": 0.3}, tts={"first_audio_s": 0.3})
+    stack.stt = PausingSTT(pause_text, final_text, late_text)
     return stack
 
 
@@ -328,9 +332,21 @@ async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad
     assert isinstance(llm, ScriptedLLM)
     assert {c[-1].content for c in llm.calls} == {"what time is it"}  # one draft per pause (this clip has two)
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
-    # The last draft was adopted: its 300 ms to the first token passed while the detector waited out the silence.
+    # The last draft was adopted: its 300 ms to the first token, and the TTS's 300 ms to the first piece's audio,
+    # passed while the detector waited out the silence.
     assert stages["llm_first_token"] - stages["final_transcript"] < 150
+    assert stages["tts_first_audio"] - stages["final_transcript"] < 150
     assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
+
+
+async def test_a_draft_answers_the_speculative_final_not_later_interims_of_the_pause(vad_stack: Stack) -> None:
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it", late_text="What time is it?")
+    _, t = await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), one_turn_then_silence)
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM)
+    assert {c[-1].content for c in llm.calls} == {"what time is it"}
+    stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
+    assert stages["tts_first_audio"] - stages["final_transcript"] < 150
 
 
 async def test_a_draft_is_dropped_when_the_user_goes_on_or_the_words_change(vad_stack: Stack) -> None:
@@ -360,3 +376,4 @@ async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
     assert isinstance(llm, ScriptedLLM) and len(llm.calls) == 1
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
     assert stages["llm_first_token"] - stages["final_transcript"] >= 299
+    assert stages["tts_first_audio"] - stages["llm_first_token"] >= 299

@@ -31,7 +31,8 @@ class AgentSection(_Section):
     tools: list[str] = Field(default_factory=list)
     """Built-in tools the LLM may call: current_time, end_call (needs an LLM that supports function calling)."""
     draft_replies: bool = True
-    """Start the LLM on the words of a pause before the turn is known to be over (voxline.agent.draft)."""
+    """Start the LLM, and the TTS of the reply's first piece, on the words of a pause before the turn is known to be
+    over (voxline.agent.draft)."""
 
 
 class ProvidersSection(_Section):

@@ -2,36 +2,79 @@
 
 The turn detector may wait 0.6-1.6 s of silence before it ends a turn, and the words of the pause are often known
 long before that (the speculative final). A `Draft` runs the LLM on those words meanwhile and keeps what it
-streams. If the turn ends with the same words and nothing else changed in the conversation, the reply replays the
-draft (tokens already there come at once, the rest as they are generated) instead of asking the LLM again; if the
-user goes on speaking, or the final words differ, the draft is cancelled, which stops the LLM within a token.
+streams; given a TTS, it also synthesizes the reply's first piece as soon as the LLM has written it. If the turn
+ends with the same words and nothing else changed in the conversation, the reply replays the draft (tokens and
+audio already there come at once, the rest as they are made) instead of starting over; if the user goes on
+speaking, or the final words differ, the draft is cancelled, which stops the LLM within a token and the TTS at
+once.
 
-The price is LLM work thrown away when the user only paused: local CPU time, or tokens billed by a cloud LLM
-(`[agent] draft_replies = false` turns drafting off).
+The price is work thrown away when the user only paused: local CPU time, or the tokens and characters billed by
+cloud providers (`[agent] draft_replies = false` turns drafting off).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from voxline.providers.base import LLM, LLMDelta, Message
+from voxline.agent.sentences import SentenceSplitter
+from voxline.audio.frame import AudioFrame
+from voxline.providers.base import LLM, TTS, LLMDelta, Message
+
+T = TypeVar("T")
 
 
-class Draft:
-    """The LLM's reply to `user_text`, streamed into a buffer by a task of the session's task group."""
+class _Recording(Generic[T]):
+    """Items a task produces, kept for one reader who may start late: what is there at once, the rest as it comes,
+    then the producer's error if it failed."""
 
-    def __init__(self, llm: LLM, messages: Sequence[Message], user_text: str, history_len: int, *,
-                 tasks: asyncio.TaskGroup, max_tokens: int, temperature: float,
-                 tools: Sequence[dict[str, Any]] = ()) -> None:
-        self.user_text = user_text
-        self.history_len = history_len
-        """Messages in the conversation when the draft began: a draft answers that conversation only."""
-        self._deltas: list[LLMDelta] = []
+    def __init__(self) -> None:
+        self._items: list[T] = []
         self._changed = asyncio.Event()
         self._finished = False
         self._error: Exception | None = None
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        self._changed.set()
+
+    def finish(self, error: Exception | None = None) -> None:
+        self._finished, self._error = True, error
+        self._changed.set()
+
+    async def replay(self) -> AsyncIterator[T]:
+        served = 0
+        while True:
+            while served < len(self._items):
+                served += 1
+                yield self._items[served - 1]
+            if self._finished:
+                if self._error is not None:
+                    raise self._error
+                return
+            self._changed.clear()
+            if served == len(self._items):
+                await self._changed.wait()
+
+
+class Draft:
+    """The LLM's reply to `user_text` (and, with `tts`, the audio of its first piece), recorded by tasks of the
+    session's task group."""
+
+    def __init__(self, llm: LLM, messages: Sequence[Message], user_text: str, history_len: int, *,
+                 tasks: asyncio.TaskGroup, max_tokens: int, temperature: float,
+                 tools: Sequence[dict[str, Any]] = (), tts: TTS | None = None, voice: str | None = None) -> None:
+        self.user_text = user_text
+        self.history_len = history_len
+        """Messages in the conversation when the draft began: a draft answers that conversation only."""
+        self.voice = voice
+        self._deltas: _Recording[LLMDelta] = _Recording()
+        self._tasks = tasks
+        self._tts = tts
+        self._first_piece: str | None = None
+        self._speech: _Recording[AudioFrame] | None = None
+        self._speaking: asyncio.Task[None] | None = None
         self._cancelled = False
         stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature, tools=tools)
         self._task = tasks.create_task(self._pull(stream), name="draft-reply")
@@ -42,32 +85,52 @@ class Draft:
     def cancel(self) -> None:
         self._cancelled = True
         self._task.cancel()
+        if self._speaking is not None:
+            self._speaking.cancel()
 
     async def _pull(self, stream: AsyncIterator[LLMDelta]) -> None:
+        splitter = SentenceSplitter()  # the reply's own splitter finds the same first piece in the same tokens
+        error: Exception | None = None
         try:
             async for delta in stream:
-                self._deltas.append(delta)
-                self._changed.set()
+                self._deltas.add(delta)
+                if delta.text and self._tts is not None and self._first_piece is None:
+                    self._speak_ahead(splitter.push(delta.text))
+            if self._tts is not None and self._first_piece is None:
+                self._speak_ahead(splitter.flush())
         except Exception as exc:  # raised by `replay()`, where the reply handles it as it would a live stream's
-            self._error = exc
+            error = exc
         finally:
-            self._finished = True
-            self._changed.set()
+            self._deltas.finish(error)
+
+    def _speak_ahead(self, pieces: list[str]) -> None:
+        if self._tts is None or not pieces:
+            return
+        self._first_piece, self._speech = pieces[0], _Recording()
+        self._speaking = self._tasks.create_task(self._synthesize(self._tts, pieces[0], self._speech),
+                                                 name="draft-speech")
+
+    async def _synthesize(self, tts: TTS, piece: str, speech: _Recording[AudioFrame]) -> None:
+        error: Exception | None = None
+        try:
+            async for frame in tts.synthesize(piece, voice=self.voice):
+                speech.add(frame)
+        except Exception as exc:  # raised where the reply plays it
+            error = exc
+        finally:
+            speech.finish(error)
 
     async def replay(self) -> AsyncIterator[LLMDelta]:
-        """Everything the LLM has streamed so far, then the rest as it comes; stopping early cancels the draft."""
-        served = 0
+        """Everything the LLM has streamed so far, then the rest as it comes; stopping early stops the LLM."""
         try:
-            while True:
-                while served < len(self._deltas):
-                    served += 1
-                    yield self._deltas[served - 1]
-                if self._finished:
-                    if self._error is not None:
-                        raise self._error
-                    return
-                self._changed.clear()
-                if served == len(self._deltas):
-                    await self._changed.wait()
+            async for delta in self._deltas.replay():
+                yield delta
         finally:
             self._task.cancel()
+
+    def speech(self, piece: str, voice: str | None) -> AsyncIterator[AudioFrame] | None:
+        """The audio of `piece` in `voice`, if this draft synthesized it (once: the reply's first piece)."""
+        if self._speech is None or piece != self._first_piece or voice != self.voice:
+            return None
+        speech, self._speech = self._speech, None
+        return speech.replay()

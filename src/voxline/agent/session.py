@@ -83,6 +83,8 @@ class _UserTurn:
     started_at: float
     timeline: TurnTimeline
     interim: str = ""
+    pause_words: str | None = None
+    """The speculative final of the current pause, once the STT has sent it (what a draft should answer)."""
     audio_s: float = 0.0
     reader: asyncio.Task[None] | None = None
     final: asyncio.Future[Transcript] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -189,8 +191,10 @@ class Session:
             return
         self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
         events = await self.detector.push(mono)
-        if self._draft is not None and self.detector.in_speech and not self.detector.paused:
-            self._drop_draft()  # the user goes on: the draft answers too little
+        if self.detector.in_speech and not self.detector.paused:  # the user goes on: the pause's words are not all
+            self._drop_draft()
+            if self._user is not None:
+                self._user.pause_words = None
         if self._user is not None:
             await self._user.stream.send(mono)
             self._user.audio_s += mono.duration
@@ -250,6 +254,8 @@ class Session:
                         user.final.set_result(transcript)
                     return
                 user.interim = transcript.text
+                if transcript.speculative:
+                    user.pause_words = transcript.text
                 self.detector.set_transcript(transcript.text)
                 self.emit({"type": "transcript", "final": False, "text": transcript.text})
                 self._maybe_draft(user)
@@ -303,7 +309,7 @@ class Session:
 
     def _maybe_draft(self, user: _UserTurn) -> None:
         """The words of a pause are in: start the reply's LLM on them while the detector still listens (see Draft)."""
-        text = user.interim.strip()
+        text = (user.pause_words if user.pause_words is not None else user.interim).strip()
         if (not self.config.agent.draft_replies or user is not self._user or not self.detector.paused
                 or not (self.auto_end_turns and self.auto_respond) or self._agent_speaking() or is_no_speech(text)):
             return
@@ -316,7 +322,8 @@ class Session:
         self._draft = Draft(self.stack.llm, self.conversation.for_llm_with_user(text), text,
                             len(self.conversation.messages), tasks=self._tasks,
                             max_tokens=self.config.agent.max_tokens, temperature=self.config.agent.temperature,
-                            tools=tools.specs() if tools is not None and len(tools) else [])
+                            tools=tools.specs() if tools is not None and len(tools) else [], tts=self.stack.tts,
+                            voice=self.voice)
 
     def _drop_draft(self) -> None:
         if self._draft is not None:
@@ -383,7 +390,7 @@ class Session:
                 else:
                     async with asyncio.TaskGroup() as reply:
                         reply.create_task(self._generate(pieces, timeline, fixed_text, draft))
-                        reply.create_task(self._speak(pieces, playout, timeline))
+                        reply.create_task(self._speak(pieces, playout, timeline, draft))
                     self._recoveries.ok()
             except* VoxlineError as group:
                 failed = True
@@ -492,8 +499,10 @@ class Session:
             if result.ends_call:
                 self.end_requested.set()
 
-    async def _speak(self, pieces: asyncio.Queue[str | None], playout: Playout, timeline: TurnTimeline) -> None:
-        """Synthesize piece after piece; playout paces the audio out while the next piece is synthesized."""
+    async def _speak(self, pieces: asyncio.Queue[str | None], playout: Playout, timeline: TurnTimeline,
+                     draft: Draft | None = None) -> None:
+        """Synthesize piece after piece (the first from `draft` if it synthesized it in the pause); playout paces the
+        audio out while the next piece is synthesized."""
         tts = self.stack.tts
         voice = self.voice
         async with asyncio.TaskGroup() as group:
@@ -503,7 +512,8 @@ class Session:
                     self.emit({"type": "agent_text", "text": piece})
                     self.emit({"type": "usage", "kind": "tts", "provider": tts.name, "characters": len(piece)})
                     playout.begin_piece(piece)
-                    async for frame in tts.synthesize(piece, voice=voice):
+                    drafted = draft.speech(piece, voice) if draft is not None else None
+                    async for frame in drafted or tts.synthesize(piece, voice=voice):
                         timeline.mark("tts_first_audio")
                         await playout.put(frame)
                     playout.end_piece()

@@ -47,6 +47,9 @@ class Transcript:
     duration: float = 0.0
     # Deepgram's speech_final: the provider itself believes the speaker finished the turn.
     speech_final: bool = False
+    # An interim that is the turn's final should the turn end in the current pause (`SpeculativeSTTStream.pause()`);
+    # later interims of the same pause only re-read its silence.
+    speculative: bool = False
 
 
 @dataclass(slots=True)

@@ -588,7 +588,7 @@ class WhisperStream:
             # Also an interim result: turn detectors reading the words get the best transcript of the pause at once
             # (even when an interim had the same words: the detector only trusts words set after the speech stopped).
             self._last_interim = transcript.text
-            self._out.put_nowait(replace(transcript, is_final=False))
+            self._out.put_nowait(replace(transcript, is_final=False, speculative=True))
         return transcript
 
     def _cancel_speculation(self) -> None:
