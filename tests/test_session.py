@@ -299,6 +299,7 @@ class PausingSTT(ScriptedSTT):
     def __init__(self, pause_text: str, final_text: str, late_text: str | None = None) -> None:
         super().__init__(text=final_text)
         self.pause_text, self.late_text = pause_text, late_text
+        self.resumed = 0
 
     def stream(self, sample_rate: int = 16000, language: str | None = None) -> ScriptedSTTStream:
         stt = self
@@ -309,6 +310,9 @@ class PausingSTT(ScriptedSTT):
                 if stt.late_text is not None:
                     late = Transcript(stt.late_text, is_final=False)
                     asyncio.get_running_loop().call_later(0.2, self._results.put_nowait, late)
+
+            async def resume(self) -> None:
+                stt.resumed += 1
 
         return Stream(self)
 
@@ -364,6 +368,7 @@ async def test_a_draft_is_dropped_when_the_user_goes_on_or_the_words_change(vad_
     assert isinstance(llm, ScriptedLLM)
     asked = [c[-1].content for c in llm.calls]
     assert asked[-1] == "what time is it in Paris" and len(asked) >= 3 and set(asked[:-1]) == {"what time"}
+    assert isinstance(stack.stt, PausingSTT) and stack.stt.resumed >= 1  # the stream heard the user went on
     assert [e["text"] for e in t.events if e["type"] == "agent_done"] == [llm.reply]  # one reply, to the final
     assert [m.content for m in session.conversation.messages] == ["what time is it in Paris", llm.reply]
 

@@ -145,6 +145,37 @@ async def test_pause_speculation_gives_the_final_at_once(stt: WhisperSTT,
     await stream.close()
 
 
+async def test_no_interims_of_a_pause_until_the_speaker_goes_on(stt: WhisperSTT,
+                                                                 gold: list[tuple[AudioFrame, str]]) -> None:
+    speech, more = (gold[i][0].to_mono().resample(16000) for i in (1, 5))
+    stream = stt.stream(16000, language="en")
+    got: list[Transcript] = []
+    reader = asyncio.create_task(_collect(stream, got))
+    await stream.send(speech)
+    await stream.pause()
+    assert stream._speculation is not None
+    await asyncio.wait([stream._speculation])
+    await asyncio.sleep(0.1)
+    heard = len(got)
+    for chunk in AudioFrame.silence(1.5, 16000).chunks(0.1):  # the pause goes on: nothing new to read
+        await stream.send(chunk)
+        await asyncio.sleep(0.03)
+    assert len(got) == heard and got[-1].speculative
+    assert stream._decoded_samples <= speech.num_frames  # no interim decode read the pause's silence
+    await stream.resume()  # the speaker goes on: interims follow the new words
+    for chunk in more.chunks(0.25):
+        await stream.send(chunk)
+        await asyncio.sleep(0.05)
+    for _ in range(100):
+        if len(got) > heard:
+            break
+        await asyncio.sleep(0.05)
+    assert len(got) > heard and not got[-1].speculative and not got[-1].is_final
+    assert "forward" in got[-1].text.lower()
+    await stream.close()
+    await asyncio.wait_for(reader, 10)
+
+
 async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_again(
         stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
     first = gold[0][0].to_mono().resample(16000)  # 7.1 s: more than commit_min_s

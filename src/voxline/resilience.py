@@ -526,6 +526,16 @@ class _ResilientSTTStream:
             except Exception:  # speculation is an optimisation: its failure is the final decode's business
                 log.debug("pause() failed on %s", self._owner._pname(self._provider), exc_info=True)
 
+    async def resume(self) -> None:
+        """Pass on that the speaker went on after a pause."""
+        if isinstance(self._inner, SpeculativeSTTStream):
+            try:
+                await self._inner.resume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # interims resume with the next pause or turn at worst
+                log.debug("resume() failed on %s", self._owner._pname(self._provider), exc_info=True)
+
     def _retire(self, stream: STTStream) -> None:
         """Close a failed stream in the background: a stuck server's closing handshake (up to the socket's close
         timeout) must not hold up the turn's transcript. `close()` waits for it."""

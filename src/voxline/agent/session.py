@@ -83,6 +83,8 @@ class _UserTurn:
     started_at: float
     timeline: TurnTimeline
     interim: str = ""
+    in_pause: bool = False
+    """The STT stream was told of a pause, and not yet that the speaker went on."""
     pause_words: str | None = None
     """The speculative final of the current pause, once the STT has sent it (what a draft should answer)."""
     audio_s: float = 0.0
@@ -191,10 +193,10 @@ class Session:
             return
         self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
         events = await self.detector.push(mono)
-        if self.detector.in_speech and not self.detector.paused:  # the user goes on: the pause's words are not all
-            self._drop_draft()
-            if self._user is not None:
-                self._user.pause_words = None
+        if self._draft is not None and self.detector.in_speech and not self.detector.paused:
+            self._drop_draft()  # the user goes on: the draft answers too little
+        if self._user is not None and self._user.in_pause and not self.detector.paused:
+            await self._resume(self._user)
         if self._user is not None:
             await self._user.stream.send(mono)
             self._user.audio_s += mono.duration
@@ -216,6 +218,7 @@ class Session:
             await self._open_user_turn()
             self.emit({"type": "speech_started", "time": event.time})
         elif event.kind == "pause" and self._user is not None:
+            self._user.in_pause = True
             if isinstance(self._user.stream, SpeculativeSTTStream):
                 await self._user.stream.pause()
         elif event.kind == "turn_ended" and self._user is not None:
@@ -223,6 +226,12 @@ class Session:
             if self.auto_end_turns:
                 ended = event.speech_end if event.speech_end is not None else event.time
                 self._end_user_turn(self._monotonic_of(ended))
+
+    async def _resume(self, user: _UserTurn) -> None:
+        """The speaker went on after a pause: the pause's words are not the turn's."""
+        user.in_pause, user.pause_words = False, None
+        if isinstance(user.stream, SpeculativeSTTStream):
+            await user.stream.resume()
 
     def _end_user_turn(self, speech_end: float) -> None:
         user, self._user = self._user, None

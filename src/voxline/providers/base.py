@@ -101,10 +101,14 @@ class SpeculativeSTTStream(STTStream, Protocol):
     """A stream that can start its final decode early, when the speaker pauses.
 
     Contract: the session calls `pause()` at every pause in the user's speech; if `finalize()` follows with no speech
-    in between (only the silence that ended the turn), the stream may return the speculative result at once.
+    in between (only the silence that ended the turn), the stream may return the speculative result at once. It
+    calls `resume()` when the speaker goes on after a pause: until then, what the stream receives is that pause's
+    silence, which interim decodes need not read again.
     """
 
     async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
 
 
 @runtime_checkable

@@ -472,6 +472,7 @@ class WhisperStream:
         self._decoded_pause: tuple[int, int, Transcript] | None = None  # (from, to) samples and words of the last one
         self._committed: Transcript | None = None  # words before `_committed_samples`, final for this turn
         self._committed_samples = 0
+        self._in_pause = False  # between pause() and resume(): no interims, the speculation has the words
         self._turn = 0  # finalize() starts the next one
         self._closed = False
 
@@ -522,7 +523,7 @@ class WhisperStream:
         while True:
             await self._new_audio.wait()
             self._new_audio.clear()
-            if (self._samples - self._committed_samples < stt.min_interim_s * SAMPLE_RATE
+            if (self._in_pause or self._samples - self._committed_samples < stt.min_interim_s * SAMPLE_RATE
                     or self._samples - self._decoded_samples < step):
                 continue
             if self._speculation is not None and not self._speculation.done():
@@ -561,9 +562,15 @@ class WhisperStream:
             return
         self._commit()
         self._cancel_speculation()
+        self._in_pause = True
         samples = self._audio()
         self._abandoned = threading.Event()
         self._speculation = asyncio.create_task(self._speculate(samples, self._abandoned))
+
+    async def resume(self) -> None:
+        """The speaker went on after the last pause: interims follow the new words again."""
+        self._in_pause = False
+        self._new_audio.set()
 
     def _commit(self) -> None:
         """A new pause: the speaker went on after the last one, so the words decoded up to it are final."""
@@ -607,6 +614,7 @@ class WhisperStream:
         start, committed = self._committed_samples, self._committed
         self._chunks, self._samples, self._decoded_samples, self._last_interim = [], 0, 0, ""
         self._committed, self._committed_samples, self._decoded_pause = None, 0, None
+        self._in_pause = False
         self._turn += 1
         speculation, self._speculation = self._speculation, None
         started = time.perf_counter()
