@@ -15,7 +15,7 @@ import pytest
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
-from voxline.providers.base import LLM, STT, TTS, VAD, LLMDelta, Message, Transcript
+from voxline.providers.base import LLM, STT, TTS, VAD, LLMDelta, Message, SpeculativeSTTStream, Transcript
 from voxline.resilience import (
     CircuitBreaker,
     EventLog,
@@ -440,6 +440,44 @@ async def test_stt_stream_failure_replays_the_turn_to_the_next_provider(fault: s
     assert out[-1].is_final and out[-1].text == "heard 1.0 s"  # the backup heard the whole turn
     assert "fallback" in events.kinds() and "replayed" in events.kinds()
     assert backup.streams == 1
+
+
+class SpeculatingSTTStream(FakeSTTStream):
+    """A stream that hears of the speaker's pauses (`SpeculativeSTTStream`); with fault "hints", the hints fail."""
+
+    async def pause(self) -> None:
+        self.stt.hints.append("pause")
+        if self.stt.fault == "hints":
+            raise RuntimeError("no speculation today")
+
+    async def resume(self) -> None:
+        self.stt.hints.append("resume")
+        if self.stt.fault == "hints":
+            raise RuntimeError("no speculation today")
+
+
+@dataclass
+class SpeculatingSTT(FakeSTT):
+    hints: list[str] = field(default_factory=list)
+
+    def stream(self, sample_rate: int = 16000, language: str | None = None) -> FakeSTTStream:
+        return SpeculatingSTTStream(self)
+
+
+@pytest.mark.parametrize("fault", [None, "hints"])
+async def test_stt_pause_and_resume_reach_the_provider_and_their_failures_do_not_end_the_turn(
+        fault: str | None) -> None:
+    inner = SpeculatingSTT(fault=fault)
+    stream = Fallback(with_timeout(inner, first_item=1.0), FakeSTT(name="backup")).stream(RATE)
+    assert isinstance(stream, SpeculativeSTTStream)
+    await stream.send(tone(0.3))
+    await stream.pause()
+    await stream.send(tone(0.3))
+    await stream.resume()
+    await stream.finalize()
+    final = await anext(aiter(stream))
+    assert inner.hints == ["pause", "resume"] and final.text == "heard 0.6 s"  # no fallback
+    await stream.close()
 
 
 async def test_stt_transcribe_and_vad() -> None:

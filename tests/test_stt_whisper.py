@@ -145,9 +145,8 @@ async def test_pause_speculation_gives_the_final_at_once(stt: WhisperSTT,
     await stream.close()
 
 
-async def test_no_interims_of_a_pause_until_the_speaker_goes_on(stt: WhisperSTT,
-                                                                 gold: list[tuple[AudioFrame, str]]) -> None:
-    speech, more = (gold[i][0].to_mono().resample(16000) for i in (1, 5))
+async def _paused_after(stt: WhisperSTT, speech: AudioFrame) -> tuple[Any, list[Transcript], asyncio.Task[None]]:
+    """A stream that has heard `speech`, then a pause, and decoded that pause: (stream, transcripts, reader)."""
     stream = stt.stream(16000, language="en")
     got: list[Transcript] = []
     reader = asyncio.create_task(_collect(stream, got))
@@ -155,6 +154,13 @@ async def test_no_interims_of_a_pause_until_the_speaker_goes_on(stt: WhisperSTT,
     await stream.pause()
     assert stream._speculation is not None
     await asyncio.wait([stream._speculation])
+    return stream, got, reader
+
+
+async def test_no_interims_of_a_pause_until_the_speaker_goes_on(stt: WhisperSTT,
+                                                                 gold: list[tuple[AudioFrame, str]]) -> None:
+    speech, more = (gold[i][0].to_mono().resample(16000) for i in (1, 5))
+    stream, got, reader = await _paused_after(stt, speech)
     await asyncio.sleep(0.1)
     heard = len(got)
     for chunk in AudioFrame.silence(1.5, 16000).chunks(0.1):  # the pause goes on: nothing new to read
@@ -182,13 +188,7 @@ async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_ag
     second = gold[1][0].to_mono().resample(16000)
     head = AudioFrame.concat([first, AudioFrame.silence(0.3, 16000)])  # the speaker pauses ...
     rest = AudioFrame.concat([AudioFrame.silence(0.5, 16000), second, AudioFrame.silence(0.3, 16000)])  # ... goes on
-    stream = stt.stream(16000, language="en")
-    got: list[Transcript] = []
-    reader = asyncio.create_task(_collect(stream, got))
-    await stream.send(head)
-    await stream.pause()
-    assert stream._speculation is not None
-    await asyncio.wait([stream._speculation])  # the decode of the pause has come back
+    stream, got, reader = await _paused_after(stt, head)
     await stream.send(rest)
     await stream.pause()  # a second pause: the first one's words are final now
     await stream.finalize()

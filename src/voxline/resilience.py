@@ -518,23 +518,21 @@ class _ResilientSTTStream:
 
     async def pause(self) -> None:
         """Pass the speaker's pause on to a stream that can decode early (`SpeculativeSTTStream`)."""
-        if isinstance(self._inner, SpeculativeSTTStream):
-            try:
-                await self._inner.pause()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # speculation is an optimisation: its failure is the final decode's business
-                log.debug("pause() failed on %s", self._owner._pname(self._provider), exc_info=True)
+        await self._hint("pause")
 
     async def resume(self) -> None:
         """Pass on that the speaker went on after a pause."""
+        await self._hint("resume")
+
+    async def _hint(self, name: Literal["pause", "resume"]) -> None:
+        # Hints are an optimisation: if one fails, the final decode still reads the whole turn.
         if isinstance(self._inner, SpeculativeSTTStream):
             try:
-                await self._inner.resume()
+                await getattr(self._inner, name)()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # interims resume with the next pause or turn at worst
-                log.debug("resume() failed on %s", self._owner._pname(self._provider), exc_info=True)
+            except Exception:
+                log.debug("%s() failed on %s", name, self._owner._pname(self._provider), exc_info=True)
 
     def _retire(self, stream: STTStream) -> None:
         """Close a failed stream in the background: a stuck server's closing handshake (up to the socket's close
