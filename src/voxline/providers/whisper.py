@@ -517,7 +517,8 @@ class WhisperStream:
         long as it took (the worker is busy with interims at most half the time): the decode a turn end waits for
         (a final, or the speculation at a pause) then rarely queues behind an interim already running, which
         cannot be interrupted, and the CPU is left to the replies being generated meanwhile. No interim starts while
-        a speculative final is being decoded: it would be the same words, later."""
+        a speculative final is being decoded (it would be the same words, later), nor in a pause until `resume()`:
+        the speculation has the pause's words, and the CPU goes to the reply drafted on them."""
         stt = self._stt
         step = round(stt.interim_interval_s * SAMPLE_RATE)
         while True:
