@@ -338,6 +338,7 @@ async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
     # The last draft was adopted: its 300 ms to the first token, and the TTS's 300 ms to the first piece's audio,
     # passed while the detector waited out the silence.
+    assert next(e for e in t.events if e["type"] == "timeline")["drafted"]
     assert stages["llm_first_token"] - stages["final_transcript"] < 150
     assert stages["tts_first_audio"] - stages["final_transcript"] < 150
     assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
@@ -379,6 +380,7 @@ async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
     _, t = await run_call(stack, cfg, one_turn_then_silence)
     llm = stack.llm
     assert isinstance(llm, ScriptedLLM) and len(llm.calls) == 1
+    assert not next(e for e in t.events if e["type"] == "timeline")["drafted"]
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
     assert stages["llm_first_token"] - stages["final_transcript"] >= 299
     assert stages["tts_first_audio"] - stages["llm_first_token"] >= 299

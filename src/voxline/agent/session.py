@@ -376,6 +376,7 @@ class Session:
         if previous is not None:
             previous.cancel()
         self.timelines.append(timeline)
+        timeline.drafted = draft is not None
         self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text, phrase,
                                                               draft))
 

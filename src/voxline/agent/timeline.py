@@ -19,6 +19,9 @@ STAGES = ("speech_end", "turn_decided", "final_transcript", "llm_first_token", "
 class TurnTimeline:
     turn: int
     marks: dict[str, float] = field(default_factory=dict)
+    drafted: bool = False
+    """The reply took over a draft made in the pause (`voxline.agent.draft`): its LLM, and perhaps the audio of its
+    first piece, started before the turn ended."""
 
     def mark(self, stage: str, at: float | None = None) -> None:
         """Record `stage` at monotonic time `at` (now by default); the first mark of a stage wins."""
@@ -45,4 +48,4 @@ class TurnTimeline:
     def as_event(self) -> dict[str, Any]:
         v2v = self.voice_to_voice
         return {"type": "timeline", "turn": self.turn, "stages_ms": self.relative_ms(),
-                "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1)}
+                "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1), "drafted": self.drafted}
