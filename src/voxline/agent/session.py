@@ -193,10 +193,8 @@ class Session:
             return
         self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
         events = await self.detector.push(mono)
-        if self._draft is not None and self.detector.in_speech and not self.detector.paused:
-            self._drop_draft()  # the user goes on: the draft answers too little
-        if self._user is not None and self._user.in_pause and not self.detector.paused:
-            await self._resume(self._user)
+        if self._user is not None and self._user.in_pause and self.detector.in_speech and not self.detector.paused:
+            await self._resume(self._user)  # (not at the turn's end, where the detector stops being paused too)
         if self._user is not None:
             await self._user.stream.send(mono)
             self._user.audio_s += mono.duration
@@ -228,7 +226,8 @@ class Session:
                 self._end_user_turn(self._monotonic_of(ended))
 
     async def _resume(self, user: _UserTurn) -> None:
-        """The speaker went on after a pause: the pause's words are not the turn's."""
+        """The speaker went on after a pause: the pause's words are not the turn's, and a draft answers too little."""
+        self._drop_draft()
         user.in_pause, user.pause_words = False, None
         if isinstance(user.stream, SpeculativeSTTStream):
             await user.stream.resume()
