@@ -9,7 +9,7 @@ zeros would make every VAD look perfect). Word gaps come from faster-whisper wor
 of speech from the energy envelope (`speech_span`), which neither VAD under test has a hand in (Whisper's word ends
 run 0.2-0.5 s early on these files).
 
-The smart detectors get the transcript the session gives them: at each `pause` the turn so far is decoded with
+The smart detectors get the transcript the session gives them: at each `silence` the turn so far is decoded with
 the product's FINAL decoder (`WhisperSTT`, short window with padded fallback, beam 5) and handed to
 `set_transcript` after `--stt-latency` seconds of stream time (`--stt-fallback-latency` when the short window
 handed the clip to the padded one, which costs a padded decode more).
@@ -304,7 +304,7 @@ async def run_one(turn: Turn, setting: Setting, ctx: Context) -> list[TurnEvent]
         for e in new:
             if e.kind == "turn_ended":
                 turn_start, due = e.time, []
-            elif e.kind == "pause" and setting.transcript:
+            elif e.kind == "silence" and setting.transcript:  # as the session: the STT hears of the pause here
                 r = ctx.stt(turn.name, turn.audio, turn_start, e.time)
                 latency = ctx.fallback_latency if r["fell_back"] else ctx.stt_latency
                 due.append((e.time + latency, r["text"]))

@@ -16,6 +16,7 @@ from talk import feed, silence, utterance
 from voxline.agent.config import AgentConfig
 from voxline.agent.session import Session
 from voxline.agent.stack import Stack, scripted_stack
+from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
 from voxline.providers.base import Transcript
 from voxline.providers.scripted import ScriptedLLM, ScriptedSTT, ScriptedSTTStream
@@ -300,12 +301,20 @@ class PausingSTT(ScriptedSTT):
         super().__init__(text=final_text)
         self.pause_text, self.late_text = pause_text, late_text
         self.resumed = 0
+        self.paused_at: list[float] = []  # stream time of each pause()
 
     def stream(self, sample_rate: int = 16000, language: str | None = None) -> ScriptedSTTStream:
         stt = self
 
         class Stream(ScriptedSTTStream):
+            clock = 0.0
+
+            async def send(self, frame: AudioFrame) -> None:
+                self.clock = frame.timestamp + frame.duration
+                await super().send(frame)
+
             async def pause(self) -> None:
+                stt.paused_at.append(self.clock)
                 self._results.put_nowait(Transcript(stt.pause_text, is_final=False, speculative=True))
                 if stt.late_text is not None:
                     late = Transcript(stt.late_text, is_final=False)
@@ -342,6 +351,16 @@ async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad
     assert stages["llm_first_token"] - stages["final_transcript"] < 150
     assert stages["tts_first_audio"] - stages["final_transcript"] < 150
     assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
+
+
+async def test_the_stt_hears_of_a_pause_after_a_tenth_of_a_second_of_silence(vad_stack: Stack) -> None:
+    """The detector's `silence` event (0.1 s), not its `pause` (0.25 s), starts the speculative final: its words
+    are there ~0.15 s sooner for the turn decision and the draft."""
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it")
+    _, t = await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), one_turn_then_silence)
+    speech_end = next(e for e in t.events if e["type"] == "turn_ended")["time"] - 0.8
+    assert isinstance(stack.stt, PausingSTT)
+    assert 0.08 <= stack.stt.paused_at[-1] - speech_end < 0.16  # 3 Silero windows, then the rest of a 20 ms frame
 
 
 async def test_a_draft_answers_the_speculative_final_not_later_interims_of_the_pause(vad_stack: Stack) -> None:

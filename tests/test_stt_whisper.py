@@ -182,6 +182,28 @@ async def test_no_interims_of_a_pause_until_the_speaker_goes_on(stt: WhisperSTT,
     await asyncio.wait_for(reader, 10)
 
 
+async def test_a_pause_the_speaker_went_on_after_is_not_the_final(stt: WhisperSTT,
+                                                                 gold: list[tuple[AudioFrame, str]]) -> None:
+    first, second = (gold[i][0].to_mono().resample(16000) for i in (1, 5))
+    stream = stt.stream(16000, language="en")
+    got: list[Transcript] = []
+    reader = asyncio.create_task(_collect(stream, got))
+    await stream.send(first)
+    await stream.pause()
+    await stream.resume()  # at once: the pause's decode has not started, so it never runs
+    speculation = stream._speculation
+    assert speculation is not None
+    await asyncio.wait([speculation])
+    assert speculation.result().text == ""
+    await stream.send(second)
+    await stream.finalize()
+    await asyncio.wait_for(reader, 30)
+    await stream.close()
+    whole = await stt.transcribe(AudioFrame.concat([first, second]), "en")
+    assert got[-1].is_final and got[-1].text == whole.text  # decoded anew, both parts
+    assert not any(t.speculative for t in got)
+
+
 async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_again(
         stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
     first = gold[0][0].to_mono().resample(16000)  # 7.1 s: more than commit_min_s

@@ -67,9 +67,10 @@ def test_speech_then_silence_gives_one_turn() -> None:
     m = Endpointer(start_s=0.2, silence_s=0.6, pause_s=0.25)
     events = feed(m, seq((0.0, 0.32), (0.9, 0.96), (0.05, 1.28)))
     kinds = [k for k, _ in events]
-    assert kinds == ["speech_started", "pause", "turn_ended"]
-    start, pause, end = (t for _, t in events)
+    assert kinds == ["speech_started", "silence", "pause", "turn_ended"]
+    start, silence, pause, end = (t for _, t in events)
     assert start == pytest.approx(0.32 + 0.224, abs=1e-6)  # 0.2 s of speech, rounded up to whole windows
+    assert silence == pytest.approx(1.28 + 0.096, abs=1e-6)  # silence_event_s 0.1: the nearest whole window
     assert pause == pytest.approx(1.28 + 0.256, abs=1e-6)
     assert end == pytest.approx(1.28 + 0.608, abs=1e-6)
     assert not m.in_speech
@@ -100,7 +101,20 @@ def test_hysteresis_band_keeps_the_pause_going() -> None:
 def test_speech_resuming_in_a_pause_continues_the_turn() -> None:
     m = Endpointer(silence_s=0.6, pause_s=0.25)
     events = feed(m, seq((0.9, 0.64), (0.0, 0.448), (0.9, 0.64), (0.0, 0.7)))
-    assert [k for k, _ in events] == ["speech_started", "pause", "pause", "turn_ended"]
+    assert [k for k, _ in events] == ["speech_started", "silence", "pause", "silence", "pause", "turn_ended"]
+
+
+def test_silent_and_paused_follow_the_silent_stretch() -> None:
+    m = Endpointer(silence_s=0.6, pause_s=0.25, silence_event_s=0.1)
+    states = []
+    for t, p in enumerate(seq((0.9, 0.64), (0.0, 0.32), (0.9, 0.064)), start=1):
+        m.step(t * W, W, p)
+        states.append((m.silent, m.paused))
+    speech, silence, again = states[:20], states[20:30], states[30:]
+    assert set(speech) == {(False, False)}
+    assert silence[:2] == [(False, False)] * 2 and silence[2:7] == [(True, False)] * 5  # from 0.096 s of silence
+    assert silence[7:] == [(True, True)] * 3  # from 0.256 s
+    assert again == [(False, False)] * 2  # the speaker went on: neither
 
 
 # ---- the smart endpointer -------------------------------------------------------------------------------------------
@@ -282,9 +296,9 @@ async def test_one_utterance_one_turn(kind: str, utterances: list[AudioFrame],
         lead = 0.5
         audio = AudioFrame.concat([AudioFrame.silence(lead, 16000), utt, AudioFrame.silence(3.0, 16000)])
         events = await push_all(det, audio.with_timestamp(100.0), transcript="Go forward ten meters.")
-        kinds = [e.kind for e in events if e.kind != "pause"]
+        kinds = [e.kind for e in events if e.kind not in ("silence", "pause")]
         assert kinds == ["speech_started", "turn_ended"], (kind, events)
-        start, end = (e.time - 100.0 for e in events if e.kind != "pause")
+        start, end = (e.time - 100.0 for e in events if e.kind not in ("silence", "pause"))
         assert lead < start < lead + 1.0
         # the utterance's speech ends at most 0.6 s before its file does (LibriVox/LJ trailing silence)
         speech_end_max = lead + utt.duration
@@ -333,14 +347,14 @@ async def test_smart_detector_hears_the_turn_so_far(utterances: list[AudioFrame]
     utt = utterances[0]
     audio = AudioFrame.concat([AudioFrame.silence(1.0, 16000), utt, AudioFrame.silence(2.0, 16000)])
     events = await push_all(det, audio, transcript="Go forward ten meters.")
-    assert [e.kind for e in events] == ["speech_started", "pause", "turn_ended"]
+    assert [e.kind for e in events] == ["speech_started", "silence", "pause", "turn_ended"]
     (clip,) = heard
-    pause = events[1].time
+    pause = events[2].time
     start = events[0].time
     # the turn so far: from 0.2 s before its speech began (at least 0.2 s before speech_started) up to the pause
     assert clip.timestamp + clip.duration == pytest.approx(pause, abs=0.021)
     assert 1.0 - 0.2 - 0.05 <= clip.timestamp <= start - 0.4
-    assert pause < events[2].time <= pause + 0.033  # the transcript came right after the pause event
+    assert pause < events[3].time <= pause + 0.033  # the transcript came right after the pause event
 
 
 def test_sample_rate_manifest_is_16k(speech_dir: Path) -> None:

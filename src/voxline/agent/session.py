@@ -84,7 +84,7 @@ class _UserTurn:
     timeline: TurnTimeline
     interim: str = ""
     in_pause: bool = False
-    """The STT stream was told of a pause, and not yet that the speaker went on."""
+    """The STT stream was told of a pause (the detector's `silence` event), and not yet that the speaker went on."""
     pause_words: str | None = None
     """The speculative final of the current pause, once the STT has sent it (what a draft should answer)."""
     audio_s: float = 0.0
@@ -193,8 +193,8 @@ class Session:
             return
         self._stream_clock = (mono.timestamp + mono.duration, time.monotonic())
         events = await self.detector.push(mono)
-        if self._user is not None and self._user.in_pause and self.detector.in_speech and not self.detector.paused:
-            await self._resume(self._user)  # (not at the turn's end, where the detector stops being paused too)
+        if self._user is not None and self._user.in_pause and self.detector.in_speech and not self.detector.silent:
+            await self._resume(self._user)  # (not at the turn's end, where the detector stops being silent too)
         if self._user is not None:
             await self._user.stream.send(mono)
             self._user.audio_s += mono.duration
@@ -215,10 +215,12 @@ class Session:
         if event.kind == "speech_started":
             await self._open_user_turn()
             self.emit({"type": "speech_started", "time": event.time})
-        elif event.kind == "pause" and self._user is not None:
+        elif event.kind == "silence" and self._user is not None:
             self._user.in_pause = True
             if isinstance(self._user.stream, SpeculativeSTTStream):
                 await self._user.stream.pause()
+        elif event.kind == "pause" and self._user is not None and self._user.pause_words is not None:
+            self._maybe_draft(self._user)  # the STT had the words of this silence before it became a pause
         elif event.kind == "turn_ended" and self._user is not None:
             self.emit({"type": "turn_ended", "time": event.time})
             if self.auto_end_turns:

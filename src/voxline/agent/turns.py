@@ -12,6 +12,9 @@ Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detec
   hesitant speech pauses mid-sentence in a way that *sounds* final to an acoustic model alone; the words say
   otherwise, and the model is unsure at many true ends of read sentences, where the words are clear.
 
+Every detector also reports the start of each silent stretch inside a turn: `silence` after `silence_event_s` (the
+session starts the STT's speculative final there, so the words are in early), `pause` after `pause_s`.
+
 The decisions live in small pure state machines (`Endpointer`, `SmartEndpointer`) fed with (time, duration,
 probability) per VAD window, so they are testable with synthetic sequences and no audio library. The detector
 classes only turn frames into windows, keep the turn audio for the model, and stamp stream times
@@ -30,7 +33,7 @@ from voxline.audio.frame import AudioFrame
 from voxline.errors import ConfigError
 from voxline.providers.base import VAD, TurnModel, VADStream
 
-EventKind = Literal["speech_started", "pause", "turn_ended"]
+EventKind = Literal["speech_started", "silence", "pause", "turn_ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,10 @@ class TurnDetector(Protocol):
     @property
     def in_speech(self) -> bool:
         """True between `speech_started` and `turn_ended`."""
+
+    @property
+    def silent(self) -> bool:
+        """True inside a turn from its `silence` event until the user speaks again or the turn ends."""
 
     @property
     def paused(self) -> bool:
@@ -93,6 +100,11 @@ class TurnOptions:
     """Silence after speech that counts as a pause: the `pause` event, and when the smart detector asks its
     model."""
 
+    silence_event_s: float = 0.1
+    """Silence after speech that emits the `silence` event, on which the session has the STT decode the turn so far
+    as its possible final: the words of a turn that ends in this pause are then known ~0.15 s sooner than if the
+    decode waited for `pause_s` (see docs/turn-taking.md). Not above `pause_s`."""
+
     max_silence_s: float = 1.6
     """Smart detector: the turn ends after this much silence even if model or transcript say it is not
     over (the wait when the words end in "and", "the", ... or the model is sure it is not done)."""
@@ -118,8 +130,8 @@ class TurnOptions:
     confident, else at `max_silence_s`)."""
 
     def __post_init__(self) -> None:
-        for key in ("start_s", "silence_s", "energy_silence_s", "pause_s", "max_silence_s", "complete_silence_s",
-                    "unknown_silence_s"):
+        for key in ("start_s", "silence_s", "energy_silence_s", "pause_s", "silence_event_s", "max_silence_s",
+                    "complete_silence_s", "unknown_silence_s"):
             value = getattr(self, key)
             if not 0.0 < value <= 10.0:
                 raise ConfigError(f"turn option {key} must be in (0, 10] seconds, got {value}")
@@ -130,6 +142,9 @@ class TurnOptions:
         if self.not_done_threshold > self.turn_threshold:
             raise ConfigError(f"not_done_threshold ({self.not_done_threshold}) must not be above turn_threshold "
                               f"({self.turn_threshold})")
+        if self.silence_event_s > self.pause_s:
+            raise ConfigError(f"silence_event_s ({self.silence_event_s}) must not be longer than pause_s "
+                              f"({self.pause_s})")
         if self.max_silence_s < self.pause_s:
             raise ConfigError(f"max_silence_s ({self.max_silence_s}) must not be shorter than pause_s "
                               f"({self.pause_s})")
@@ -196,6 +211,8 @@ class Endpointer:
     """Silence that ends the turn."""
     pause_s: float = 0.25
     """Silence that emits one `pause` per silent stretch (none if it is not shorter than silence_s)."""
+    silence_event_s: float = 0.1
+    """Silence that emits one `silence` per silent stretch, before its `pause` (none if the turn ends first)."""
     hysteresis: float = 0.15
     """In speech, windows count as silence only below threshold - hysteresis."""
     start_reset_s: float = 0.3
@@ -212,12 +229,17 @@ class Endpointer:
     _speech_run: float = 0.0
     _gap_run: float = 0.0
     _silence_run: float = 0.0
+    _silent: bool = False
     _paused: bool = False
 
     def reset(self) -> None:
         self.in_speech, self.speech_start, self.speech_end = False, None, None
         self._speech_run = self._gap_run = self._silence_run = 0.0
-        self._paused = False
+        self._silent = self._paused = False
+
+    @property
+    def silent(self) -> bool:
+        return self.in_speech and self._silent
 
     @property
     def paused(self) -> bool:
@@ -249,7 +271,7 @@ class Endpointer:
             self._gap_run = 0.0
             if self._speech_run >= self.start_s - 1e-9:
                 self.in_speech, self.speech_end = True, None
-                self._silence_run, self._paused = 0.0, False
+                self._silence_run, self._silent, self._paused = 0.0, False, False
                 return [TurnEvent("speech_started", time)]
         elif self._speech_run > 0.0:
             self._gap_run += duration
@@ -265,7 +287,7 @@ class Endpointer:
         elif probability < self.threshold - self.hysteresis:
             silent = True
         if not silent:
-            self._silence_run, self.speech_end, self._paused = 0.0, None, False
+            self._silence_run, self.speech_end, self._silent, self._paused = 0.0, None, False, False
             return []
         if self._silence_run == 0.0:
             self.speech_end = time - duration
@@ -274,10 +296,14 @@ class Endpointer:
         # first one past it, which would add up to a window of latency to every turn.
         if self._silence_run >= self.silence_s - duration / 2:
             return self.end_turn(time)
+        events: list[TurnEvent] = []
+        if not self._silent and self._silence_run >= self.silence_event_s - duration / 2:
+            self._silent = True
+            events.append(TurnEvent("silence", time))
         if not self._paused and self._silence_run >= self.pause_s - duration / 2:
             self._paused = True
-            return [TurnEvent("pause", time)]
-        return []
+            events.append(TurnEvent("pause", time))
+        return events
 
 
 @dataclass
@@ -403,6 +429,10 @@ class VADTurnDetector:
         return self.machine.in_speech
 
     @property
+    def silent(self) -> bool:
+        return self.machine.silent
+
+    @property
     def paused(self) -> bool:
         return self.machine.paused
 
@@ -445,7 +475,8 @@ class SmartTurnDetector(VADTurnDetector):
     def __init__(self, vad: VAD, model: TurnModel, options: TurnOptions | None = None) -> None:
         o = options or TurnOptions(detector="smart")
         machine = SmartEndpointer(threshold=o.threshold, start_s=o.start_s, silence_s=o.max_silence_s,
-                                  pause_s=o.pause_s, turn_threshold=o.turn_threshold,
+                                  pause_s=o.pause_s, silence_event_s=o.silence_event_s,
+                                  turn_threshold=o.turn_threshold,
                                   complete_silence_s=o.complete_silence_s,
                                   not_done_threshold=o.not_done_threshold,
                                   unknown_silence_s=o.unknown_silence_s, use_transcript=o.use_transcript)
@@ -500,7 +531,7 @@ class EnergyTurnDetector(VADTurnDetector):
         o = options or TurnOptions(detector="energy")
         super().__init__(EnergyVAD(o.energy_threshold),
                          Endpointer(threshold=0.5, start_s=o.start_s, silence_s=o.energy_silence_s,
-                                    pause_s=o.pause_s))
+                                    pause_s=o.pause_s, silence_event_s=o.silence_event_s))
 
 
 class SileroTurnDetector(VADTurnDetector):
@@ -509,7 +540,7 @@ class SileroTurnDetector(VADTurnDetector):
     def __init__(self, vad: VAD, options: TurnOptions | None = None) -> None:
         o = options or TurnOptions(detector="silero")
         super().__init__(vad, Endpointer(threshold=o.threshold, start_s=o.start_s, silence_s=o.silence_s,
-                                         pause_s=o.pause_s))
+                                         pause_s=o.pause_s, silence_event_s=o.silence_event_s))
 
 
 def make_turn_detector(options: TurnOptions, vad: VAD | None = None,

@@ -100,10 +100,11 @@ class STTStream(Protocol):
 class SpeculativeSTTStream(STTStream, Protocol):
     """A stream that can start its final decode early, when the speaker pauses.
 
-    Contract: the session calls `pause()` at every pause in the user's speech; if `finalize()` follows with no speech
-    in between (only the silence that ended the turn), the stream may return the speculative result at once. It
-    calls `resume()` when the speaker goes on after a pause: until then, what the stream receives is that pause's
-    silence, which interim decodes need not read again.
+    Contract: the session calls `pause()` at every pause in the user's speech (at its first 0.1 s of silence, the
+    turn detector's `silence` event); if `finalize()` follows with no speech in between (only the silence that ended
+    the turn), the stream may return the speculative result at once. It calls `resume()` when the speaker goes on
+    after a pause: until then, what the stream receives is that pause's silence, which interim decodes need not read
+    again.
     """
 
     async def pause(self) -> None: ...

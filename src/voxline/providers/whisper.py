@@ -247,14 +247,16 @@ class WhisperSTT:
     def _decode_final(self, samples: np.ndarray, language: str | None, words: bool, window: Window | None,
                       on_progress: Callable[[float], None] | None = None,
                       abandoned: threading.Event | None = None) -> _Decoded:
-        """`abandoned`: set once nobody will read the result (a superseded speculation); a running decode cannot be
-        interrupted, but it skips the padded redo, which would hold the worker for ~1 s more."""
+        """`abandoned`: set once the result is no longer needed as a final (a speculation superseded, or whose speaker
+        went on): a decode still queued then does nothing, and a running one, which cannot be interrupted, skips the
+        padded redo, which would hold the worker for ~1 s more."""
         language = language if language is not None else self.language
         if language is not None and language not in self._model.supported_languages:
             raise ConfigError(f"unknown language code {language!r} (Whisper knows e.g. en, de, fr, es, ja)")
         window = window or self.window
         duration = len(samples) / SAMPLE_RATE
-        if not samples.size or float(np.abs(samples).max()) < _SILENT_PEAK:
+        if (not samples.size or (abandoned is not None and abandoned.is_set())
+                or float(np.abs(samples).max()) < _SILENT_PEAK):
             return _Decoded(Transcript("", is_final=True, language=language, duration=duration))
         if window == "short" and duration <= WINDOW_S - self.short.pad_s:
             decoded = self._decode_short(samples, language, words, self.beam_size, final=True)
@@ -569,8 +571,11 @@ class WhisperStream:
         self._speculation = asyncio.create_task(self._speculate(samples, self._abandoned))
 
     async def resume(self) -> None:
-        """The speaker went on after the last pause: interims follow the new words again."""
+        """The speaker went on after the last pause: interims follow the new words again, and the pause's decode is
+        no longer a final. If it has not started yet it is skipped; if it runs, its words are still committed at the
+        next pause (without a padded redo)."""
         self._in_pause = False
+        self._abandoned.set()
         self._new_audio.set()
 
     def _commit(self) -> None:
@@ -589,14 +594,16 @@ class WhisperStream:
         decode = functools.partial(self._stt._decode_final, samples[start:], self._language, False, None,
                                    abandoned=abandoned)
         tail = (await self._stt._run(FINAL, decode)).transcript
-        if turn == self._turn:  # not the speculation a finalize() already took for its turn
-            self._decoded_pause = (start, len(samples), tail)
         transcript = _after(committed, tail, start / SAMPLE_RATE)
+        if turn != self._turn:  # a finalize() took it as its turn's final, or ended the turn without it
+            return transcript
+        self._decoded_pause = (start, len(samples), tail)
         if transcript.text:
             # Also an interim result: turn detectors reading the words get the best transcript of the pause at once
             # (even when an interim had the same words: the detector only trusts words set after the speech stopped).
+            # Speculative only while the pause lasts: once the speaker went on, they are just the turn's words so far.
             self._last_interim = transcript.text
-            self._out.put_nowait(replace(transcript, is_final=False, speculative=True))
+            self._out.put_nowait(replace(transcript, is_final=False, speculative=not abandoned.is_set()))
         return transcript
 
     def _cancel_speculation(self) -> None:
@@ -618,6 +625,9 @@ class WhisperStream:
         self._in_pause = False
         self._turn += 1
         speculation, self._speculation = self._speculation, None
+        if speculation is not None and self._abandoned.is_set():  # the speaker went on after its pause: not the final
+            speculation.cancel()
+            speculation = None
         started = time.perf_counter()
         try:
             if speculation is not None:  # the turn ended in the pause it was started for: same speech
