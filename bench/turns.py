@@ -184,6 +184,8 @@ SETTINGS = [
     _smart("transcript alone, cap 1.6", turn_threshold=0.0, not_done_threshold=0.0, **{
         k: v for k, v in OLD.items() if k != "not_done_threshold"}),
     _smart("old: ST>=0.8 + transcript, cap 1.6", **OLD),
+    _smart("tiers, STT and model at 0.25 s", pause_s=0.25, silence_event_s=0.25),  # before 12-01
+    _smart("tiers, STT at 0.1 s, model at 0.25 s", pause_s=0.25),
     _smart("tiers, defaults"),
 ]
 
