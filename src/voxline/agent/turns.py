@@ -99,7 +99,7 @@ class TurnOptions:
     pause_s: float = 0.35
     """Silence after speech that counts as a pause: the `pause` event, and when the smart detector asks its
     model. 0.35 rather than 0.25 since the words come at `silence_event_s`: at 0.25 the model and the early words
-    together ended 20 of 60 joined turns inside their pause against 17 at 0.35, for the same median delay
+    together ended 20 of 60 two-part turns too early against 17 at 0.35, for the same median delay
     (docs/turn-taking.md)."""
 
     silence_event_s: float = 0.1

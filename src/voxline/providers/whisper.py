@@ -573,7 +573,7 @@ class WhisperStream:
     async def resume(self) -> None:
         """The speaker went on after the last pause: interims follow the new words again, and the pause's decode is
         no longer a final. If it has not started yet it is skipped; if it runs, its words are still committed at the
-        next pause (without a padded redo)."""
+        next pause, unless the short window handed the clip to the padded one: that redo is skipped."""
         self._in_pause = False
         self._abandoned.set()
         self._new_audio.set()
