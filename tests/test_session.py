@@ -354,8 +354,8 @@ async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad
 
 
 async def test_the_stt_hears_of_a_pause_after_a_tenth_of_a_second_of_silence(vad_stack: Stack) -> None:
-    """The detector's `silence` event (0.1 s), not its `pause` (0.25 s), starts the speculative final: its words
-    are there ~0.15 s sooner for the turn decision and the draft."""
+    """The detector's `silence` event (0.1 s), not its `pause` (0.35 s), starts the speculative final: its words
+    are there ~0.25 s sooner for the turn decision and the draft."""
     stack = drafting_stack(vad_stack, "what time is it", "what time is it")
     _, t = await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), one_turn_then_silence)
     speech_end = next(e for e in t.events if e["type"] == "turn_ended")["time"] - 0.8

@@ -104,8 +104,8 @@ class TurnOptions:
 
     silence_event_s: float = 0.1
     """Silence after speech that emits the `silence` event, on which the session has the STT decode the turn so far
-    as its possible final: the words of a turn that ends in this pause are then known ~0.15 s sooner than if the
-    decode waited for `pause_s` (see docs/turn-taking.md). Not above `pause_s`."""
+    as its possible final: the words of a turn that ends in this pause are then known `pause_s - silence_event_s`
+    (0.25 s) sooner than if the decode waited for `pause_s` (see docs/turn-taking.md). Not above `pause_s`."""
 
     max_silence_s: float = 1.6
     """Smart detector: the turn ends after this much silence even if model or transcript say it is not
