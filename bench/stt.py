@@ -34,6 +34,14 @@ SPEECH = SHARED / "data" / "speech"
 SHORT_UTTERANCE = (2.0, 4.0)  # "~3 s" utterances for the latency figure
 
 
+def dev_files(limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """Manifest rows: every gold file (reference transcript), then `limit` others drawn with `seed` (None: all)."""
+    manifest = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    others = [m for m in manifest if not m["text"]]
+    random.Random(seed).shuffle(others)
+    return [m for m in manifest if m["text"]] + (others[:limit] if limit is not None else others)
+
+
 @click.command()
 @click.option("--limit", type=int, default=None, help="Decode the gold files plus a random sample of N others.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -42,11 +50,8 @@ SHORT_UTTERANCE = (2.0, 4.0)  # "~3 s" utterances for the latency figure
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(limit: int | None, json_out: Path | None, threads: int, seed: int) -> None:
     disable_hubs()
-    manifest = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    gold = [m for m in manifest if m["text"]]
-    others = [m for m in manifest if not m["text"]]
-    random.Random(seed).shuffle(others)
-    files = gold + (others[:limit] if limit is not None else others)
+    files = dev_files(limit, seed)
+    gold = [m for m in files if m["text"]]
     stt = WhisperSTT(cpu_threads=threads, num_workers=1)  # one decode at a time
     console = Console(stderr=True)
     rows: list[dict[str, Any]] = []

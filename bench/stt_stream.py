@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import random
 import statistics
 import sys
 import time
@@ -26,6 +24,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from stt import SPEECH, dev_files  # bench/stt.py: the same files for the same --limit and --seed
 from voxline.agent.turns import TurnOptions, make_turn_detector
 from voxline.audio.codecs import read_audio
 from voxline.audio.frame import AudioFrame
@@ -35,14 +34,12 @@ from voxline.providers.silero import SileroVAD
 from voxline.providers.whisper import WhisperSTT
 from voxline.wer import edit_distance, words
 
-SHARED = Path(os.environ.get("VOXLINE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-SPEECH = SHARED / "data" / "speech"
 BUCKETS = ((0.0, 5.0), (5.0, 10.0), (10.0, 60.0))  # turn length, seconds
-PAUSE_WAIT_S = 30.0  # a pause whose decode found no words sends nothing: stop waiting for it after this
+PAUSE_WAIT_S = 10.0  # a pause whose decode found no words sends nothing: stop waiting for it after this
 
 
 async def one_turn(stt: WhisperSTT, vad: SileroVAD, audio: AudioFrame) -> dict[str, Any]:
-    """Feed `audio` as one turn; the final's text and how long the last pause's words took."""
+    """Feed `audio` as one turn; the final's text and how long the last pause's words took (None: no words)."""
     detector = make_turn_detector(TurnOptions(detector="silero", silence_s=10.0, max_silence_s=10.0), vad)
     stream = stt.stream(16000, "en")
     out: asyncio.Queue[Transcript] = asyncio.Queue()
@@ -52,7 +49,8 @@ async def one_turn(stt: WhisperSTT, vad: SileroVAD, audio: AudioFrame) -> dict[s
             out.put_nowait(t)
 
     reader = asyncio.create_task(read())
-    in_pause, pauses, last_wait = False, 0, float("nan")
+    in_pause, pauses = False, 0
+    last_wait: float | None = None
     for frame in AudioFrame.concat([audio, AudioFrame.silence(0.5, 16000)]).chunks(0.02):
         events = await detector.push(frame)
         if in_pause and detector.in_speech and not detector.silent:
@@ -66,9 +64,9 @@ async def one_turn(stt: WhisperSTT, vad: SileroVAD, audio: AudioFrame) -> dict[s
             try:
                 while not (await asyncio.wait_for(out.get(), PAUSE_WAIT_S)).speculative:
                     pass
+                last_wait = time.perf_counter() - started
             except TimeoutError:
-                pass
-            last_wait = time.perf_counter() - started
+                last_wait = None
     await stream.finalize()
     final = await asyncio.wait_for(out.get(), 60)
     while not final.is_final:
@@ -92,11 +90,7 @@ def parse_commits(value: str) -> list[float | None]:
 def main(limit: int, commits: str, seed: int, json_out: Path | None) -> None:
     disable_hubs()
     settings = parse_commits(commits)
-    manifest = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    gold = [m for m in manifest if m["text"]]
-    others = [m for m in manifest if not m["text"]]
-    random.Random(seed).shuffle(others)
-    files = gold + (others[:limit] if limit else others)
+    files = dev_files(limit or None, seed)
     # One worker and no interims: each pause's decode runs alone, so its time is the decode's, not a queue's.
     stt = WhisperSTT(num_workers=1, interim_interval_s=1e9, min_interim_s=1e9)
     vad = SileroVAD(ModelStore().path("silero-vad") / "silero_vad.onnx")
@@ -128,18 +122,22 @@ def agreement(rows: list[dict[str, Any]], key: str) -> float:
     return 1 - sum(edit_distance(words(r["padded"]["text"]), words(r[key]["text"])) for r in rows) / max(ref, 1)
 
 
+def median_wait_ms(rows: list[dict[str, Any]], key: str) -> float:
+    waits = [r[key]["last_pause_words_s"] for r in rows if r[key]["last_pause_words_s"] is not None]
+    return 1000 * statistics.median(waits) if waits else float("nan")
+
+
 def summarize(rows: list[dict[str, Any]], settings: list[float | None]) -> dict[str, Any]:
     gold = [r for r in rows if r["reference"]]
     gold_words = sum(len(words(r["reference"])) for r in gold)
     out: dict[str, Any] = {"files": len(rows), "audio_s": round(sum(r["duration_s"] for r in rows), 1)}
     for commit in settings:
         key = str(commit)
-        waits = [r[key]["last_pause_words_s"] for r in rows]
         entry: dict[str, Any] = {
             "agreement": agreement(rows, key),
             "gold_wer": sum(edit_distance(words(r["reference"]), words(r[key]["text"])) for r in gold) / gold_words
             if gold_words else None,
-            "last_pause_words_ms_median": 1000 * statistics.median(waits),
+            "last_pause_words_ms_median": median_wait_ms(rows, key),
             "buckets": {},
         }
         for lo, hi in BUCKETS:
@@ -147,8 +145,7 @@ def summarize(rows: list[dict[str, Any]], settings: list[float | None]) -> dict[
             if part:
                 entry["buckets"][f"{lo:.0f}-{hi:.0f} s"] = {
                     "turns": len(part), "agreement": agreement(part, key),
-                    "last_pause_words_ms_median": 1000 * statistics.median(r[key]["last_pause_words_s"]
-                                                                           for r in part)}
+                    "last_pause_words_ms_median": median_wait_ms(part, key)}
         out[key] = entry
     out["padded_ms_median"] = 1000 * statistics.median(r["padded"]["seconds"] for r in rows)
     return out
