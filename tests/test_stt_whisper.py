@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,39 @@ async def test_a_pause_the_speaker_went_on_after_is_not_the_final(stt: WhisperST
     assert not any(t.speculative for t in got)
 
 
+class _AbandonedDuringEncoder:
+    """The real model, with the speaker going on while the encoder runs; counts the decoder's runs."""
+
+    def __init__(self, model: Any, abandoned: threading.Event) -> None:
+        self._model, self._abandoned, self.decoder_runs = model, abandoned, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def encode(self, features: Any) -> Any:
+        encoded = self._model.encode(features)
+        self._abandoned.set()
+        return encoded
+
+    def generate_with_fallback(self, *args: Any) -> Any:
+        self.decoder_runs += 1
+        return self._model.generate_with_fallback(*args)
+
+
+def test_an_abandoned_decode_skips_the_decoder_unless_its_words_could_be_committed(
+        stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
+    """Words of a pause the speaker went on after matter only if the next pause commits them (`commit_min_s`)."""
+    assert stt.commit_min_s == 8.0
+    short = gold[0][0].to_mono().resample(16000).mono_float32()  # 7.1 s
+    long = gold[-1][0].to_mono().resample(16000).mono_float32()  # 11.7 s
+    for samples, runs, heard in ((short, 0, False), (long, 1, True)):
+        abandoned = threading.Event()
+        model = _AbandonedDuringEncoder(stt._model, abandoned)
+        decoded = stt._decode_final(model, samples, "en", False, "short", abandoned=abandoned)
+        assert model.decoder_runs == runs
+        assert bool(decoded.transcript.text) is heard and not decoded.fell_back
+
+
 async def test_words_before_a_pause_the_speaker_went_on_after_are_not_decoded_again(
         stt: WhisperSTT, gold: list[tuple[AudioFrame, str]]) -> None:
     first = gold[-1][0].to_mono().resample(16000)  # 11.7 s: more than commit_min_s (8 s)
@@ -236,9 +270,9 @@ async def test_words_of_a_pause_under_commit_min_s_are_decoded_again_with_the_re
     decoded_s: list[float] = []
     decode = stt._decode_final
 
-    def spy(samples: Any, *args: Any, **kwargs: Any) -> Any:
+    def spy(model: Any, samples: Any, *args: Any, **kwargs: Any) -> Any:
         decoded_s.append(len(samples) / 16000)
-        return decode(samples, *args, **kwargs)
+        return decode(model, samples, *args, **kwargs)
 
     monkeypatch.setattr(stt, "_decode_final", spy)
     stream, got, reader = await _paused_after(stt, head)

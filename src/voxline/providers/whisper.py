@@ -19,10 +19,12 @@ the `WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads`
 alone is faster on two threads (5-10 s clips: 378 ms median against 526 ms with one; `bench/stt.py --threads`), but
 a live turn's final often overlaps an interim, and two two-thread decodes on 2 cores slow each other down: in
 `bench/latency.py` the final was ready 34 ms after the turn decision (median) with two single-thread workers against
-201 ms with two-thread ones. So sessions get two single-thread workers; batch work that decodes one file at a time
-(`voxline stt`) uses `cpu_threads=2, num_workers=1`. The workers take finals before interims, so a caller waiting
-for its end-of-turn transcript never queues behind another caller's interim. A stream keeps at most one interim
-decode in flight and always decodes its newest audio, so interim work cannot pile up when the machine is busy.
+201 ms with two-thread ones. So sessions get two single-thread workers, and a final that finds no other decode
+running gets a second copy of the model with `solo_threads` (2) threads, the other worker starting nothing until it
+is done (`_Workers`); batch work that decodes one file at a time (`voxline stt`) uses `cpu_threads=2,
+num_workers=1`. The workers take finals before interims, so a caller waiting for its end-of-turn transcript never
+queues behind another caller's interim. A stream keeps at most one interim decode in flight and always decodes its
+newest audio, so interim work cannot pile up when the machine is busy.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import AudioError, ConfigError, ModelError, ModelNotFoundError, ProviderError
@@ -62,6 +67,7 @@ _SILENT_PEAK = 8 / 32768  # below this peak the input is digital silence: nothin
 _PUNCTUATION = "\"'“¿([{-"
 _APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +92,25 @@ class _Decoded:
     fell_back: bool = False
 
 
-class _Workers:
-    """Decode threads fed from one priority queue: finals before interims, first come first served within each."""
+class _Workers(Generic[M]):
+    """Decode threads fed from one priority queue: finals before interims, first come first served within each.
 
-    def __init__(self, count: int) -> None:
+    Each job is called with the model to decode with. A final that finds no other decode running gets `solo`, the
+    model with more threads per decode, and the other workers start nothing until it is done: one decode on both
+    cores beats one on a single core with the other idle (5-10 s clips: 378 against 526 ms), while two decodes side by
+    side on two-thread models slow each other down (docs/stt.md, "Concurrency"). Under load a final always finds
+    another decode running, and every decode keeps to one core.
+    """
+
+    def __init__(self, count: int, model: M, solo: M | None = None) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, concurrent.futures.Future[Any] | None,
-                                               Callable[[], Any] | None]] = queue.PriorityQueue()
+                                               Callable[[M], Any] | None]] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._lock = threading.Lock()
-        self._running = 0
+        self._model, self._solo = model, solo
+        self._changed = threading.Condition()  # guards the counts below
+        self._taken = 0  # jobs out of the queue and not yet answered
+        self._running = 0  # of those, decodes running now
+        self._solo_running = False
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"whisper-{i}", daemon=True) for i in range(count)]
         for thread in self._threads:
@@ -103,10 +119,10 @@ class _Workers:
     @property
     def active(self) -> int:
         """Decodes running or waiting right now."""
-        with self._lock:
-            return self._running + sum(1 for _, _, f, _ in list(self._queue.queue) if f and not f.done())
+        with self._changed:
+            return self._taken + sum(1 for _, _, f, _ in list(self._queue.queue) if f and not f.done())
 
-    def submit(self, priority: int, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    def submit(self, priority: int, fn: Callable[[M], T]) -> concurrent.futures.Future[T]:
         if self._closed:
             raise ProviderError("this WhisperSTT has been closed", provider="whisper")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -115,25 +131,36 @@ class _Workers:
 
     def _work(self) -> None:
         while True:
-            _, _, future, fn = self._queue.get()
+            with self._changed:  # leave the queue to the solo decode's worker meanwhile: its next job may be solo too
+                self._changed.wait_for(lambda: not self._solo_running)
+            priority, _, future, fn = self._queue.get()
             if future is None or fn is None:
                 return
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller gave up while it waited
-            with self._lock:
+            with self._changed:
+                self._taken += 1
+                self._changed.wait_for(lambda: not self._solo_running)  # one went solo while this thread waited
+                if not future.set_running_or_notify_cancel():  # its caller gave up while it waited
+                    self._taken -= 1
+                    continue
+                solo = self._solo is not None and priority == FINAL and self._running == 0
                 self._running += 1
+                self._solo_running = solo
             try:
-                result = fn()
+                result = fn(self._solo if solo and self._solo is not None else self._model)
             except BaseException as exc:  # handed to the awaiting task
-                self._done()
+                self._done(solo)
                 future.set_exception(exc)
             else:
-                self._done()  # before the result wakes its caller, so `active` never counts a decode already answered
+                self._done(solo)  # before the result wakes its caller, so `active` never counts a decode answered
                 future.set_result(result)
 
-    def _done(self) -> None:
-        with self._lock:
+    def _done(self, solo: bool) -> None:
+        with self._changed:
+            self._taken -= 1
             self._running -= 1
+            if solo:
+                self._solo_running = False
+            self._changed.notify_all()
 
     def close(self) -> None:
         self._closed = True
@@ -158,20 +185,22 @@ class WhisperSTT:
 
     `window` picks the default decoding window ("short" or "padded", see the module docstring); `language` None
     detects the language per utterance. `beam_size` applies to finals; interims are greedy. `commit_min_s`: see
-    `WhisperStream` (None: every final decodes the whole turn, exactly as `transcribe`).
+    `WhisperStream` (None: every final decodes the whole turn, exactly as `transcribe`). `solo_threads`: threads of
+    a final that has the cores to itself (see the module docstring; not above `cpu_threads`: no second model).
     """
 
     name = "whisper"
 
     def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None, cpu_threads: int = 1,
-                 num_workers: int = 2, window: Window = "short", language: str | None = None, beam_size: int = 5,
-                 short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
+                 num_workers: int = 2, solo_threads: int = 2, window: Window = "short", language: str | None = None,
+                 beam_size: int = 5, short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
                  min_interim_s: float = 0.6, commit_min_s: float | None = 8.0) -> None:
         configure_openmp()
         from faster_whisper import WhisperModel
 
-        if cpu_threads < 1 or num_workers < 1:
-            raise ConfigError(f"cpu_threads and num_workers must be at least 1, got {cpu_threads}, {num_workers}")
+        if cpu_threads < 1 or num_workers < 1 or solo_threads < 1:
+            raise ConfigError("cpu_threads, num_workers and solo_threads must be at least 1, got "
+                              f"{cpu_threads}, {num_workers}, {solo_threads}")
         if window not in ("short", "padded"):
             raise ConfigError(f"window must be 'short' or 'padded', got {window!r}")
         if beam_size < 1:
@@ -182,6 +211,10 @@ class WhisperSTT:
         try:
             self._model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads,
                                        num_workers=num_workers, local_files_only=True)
+            # A second copy of the model (~110 MB RSS) for finals that have the cores to themselves: see `_Workers`.
+            solo = (WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=solo_threads,
+                                 num_workers=1, local_files_only=True)
+                    if solo_threads > cpu_threads and num_workers > 1 else None)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(f"cannot load Whisper model {path}: {exc}") from exc
         self.model_path = path
@@ -192,7 +225,7 @@ class WhisperSTT:
         self.interim_interval_s = interim_interval_s
         self.min_interim_s = min_interim_s
         self.commit_min_s = commit_min_s
-        self._workers = _Workers(num_workers)
+        self._workers = _Workers(num_workers, self._model, solo)
 
     # ---- public API ------------------------------------------------------------------------------------------
 
@@ -209,7 +242,8 @@ class WhisperSTT:
                          window: Window | None = None) -> Transcript:
         """Final transcript of `audio` (any rate, any channel count), with timed segments (and words if asked)."""
         samples = _to_model_input(audio)
-        return await self._run(FINAL, lambda: self._decode_final(samples, language, words, window).transcript)
+        return await self._run(FINAL, lambda model: self._decode_final(model, samples, language, words,
+                                                                        window).transcript)
 
     def transcribe_sync(self, audio: AudioFrame, language: str | None = None, *, words: bool = False,
                         window: Window | None = None,
@@ -219,8 +253,8 @@ class WhisperSTT:
         `on_progress(seconds_done)` is called from the worker thread as segments of long audio are decoded.
         """
         samples = _to_model_input(audio)
-        future = self._workers.submit(FINAL, lambda: self._decode_final(samples, language, words, window,
-                                                                        on_progress))
+        future = self._workers.submit(FINAL, lambda model: self._decode_final(model, samples, language, words, window,
+                                                                              on_progress))
         return future.result().transcript
 
     @property
@@ -232,46 +266,51 @@ class WhisperSTT:
                        window: Window | None = None) -> tuple[Transcript, bool]:
         """Blocking transcribe that also says whether the short window handed the clip to the padded one."""
         samples = _to_model_input(audio)
-        decoded = self._workers.submit(FINAL, lambda: self._decode_final(samples, language, False, window)).result()
+        decoded = self._workers.submit(
+            FINAL, lambda model: self._decode_final(model, samples, language, False, window)).result()
         return decoded.transcript, decoded.fell_back
 
     def stream(self, sample_rate: int = SAMPLE_RATE, language: str | None = None) -> WhisperStream:
         return WhisperStream(self, sample_rate, language if language is not None else self.language)
 
-    async def _run(self, priority: int, fn: Callable[[], T]) -> T:
+    async def _run(self, priority: int, fn: Callable[[WhisperModel], T]) -> T:
         # Cancelling the awaiting task cancels a decode still queued; a running one ends on its own, unread.
         return await asyncio.wrap_future(self._workers.submit(priority, fn))
 
     # ---- decoding (worker threads) -----------------------------------------------------------------------------
 
-    def _decode_final(self, samples: np.ndarray, language: str | None, words: bool, window: Window | None,
+    def _decode_final(self, model: WhisperModel, samples: np.ndarray, language: str | None, words: bool,
+                      window: Window | None,
                       on_progress: Callable[[float], None] | None = None,
                       abandoned: threading.Event | None = None) -> _Decoded:
         """`abandoned`: set once the result is no longer needed as a final (a speculation superseded, or whose speaker
         went on): a decode still queued then does nothing, and a running one, which cannot be interrupted, skips the
-        padded redo, which would hold the worker for ~1 s more."""
+        padded redo, which would hold the worker for ~1 s more. Audio shorter than `commit_min_s`, whose words the
+        next pause would not commit, also skips the decoder after the encoder (~70 % of a short-window decode)."""
         language = language if language is not None else self.language
         if language is not None and language not in self._model.supported_languages:
             raise ConfigError(f"unknown language code {language!r} (Whisper knows e.g. en, de, fr, es, ja)")
         window = window or self.window
         duration = len(samples) / SAMPLE_RATE
+        committable = self.commit_min_s is not None and duration >= self.commit_min_s
         if (not samples.size or (abandoned is not None and abandoned.is_set())
                 or float(np.abs(samples).max()) < _SILENT_PEAK):
             return _Decoded(Transcript("", is_final=True, language=language, duration=duration))
         if window == "short" and duration <= WINDOW_S - self.short.pad_s:
-            decoded = self._decode_short(samples, language, words, self.beam_size, final=True)
+            decoded = self._decode_short(model, samples, language, words, self.beam_size, final=True,
+                                         give_up=None if committable else abandoned)
             if decoded is not None:
                 return _Decoded(decoded)
             if abandoned is not None and abandoned.is_set():
                 return _Decoded(Transcript("", is_final=True, language=language, duration=duration))  # unread
-            return _Decoded(self._decode_padded(samples, language, words), fell_back=True)
-        return _Decoded(self._decode_padded(samples, language, words, on_progress))
+            return _Decoded(self._decode_padded(model, samples, language, words), fell_back=True)
+        return _Decoded(self._decode_padded(model, samples, language, words, on_progress))
 
-    def _decode_padded(self, samples: np.ndarray, language: str | None, words: bool,
+    def _decode_padded(self, model: WhisperModel, samples: np.ndarray, language: str | None, words: bool,
                        on_progress: Callable[[float], None] | None = None) -> Transcript:
         try:
-            segments, info = self._model.transcribe(samples, language=language, beam_size=self.beam_size,
-                                                    word_timestamps=words, vad_filter=False)
+            segments, info = model.transcribe(samples, language=language, beam_size=self.beam_size,
+                                              word_timestamps=words, vad_filter=False)
             found = []
             for s in segments:  # a lazy generator: each window is decoded as it is asked for
                 found.append(_segment(s.text, s.start, s.end, s.words))
@@ -282,13 +321,14 @@ class WhisperSTT:
                                 provider=self.name) from exc
         return _transcript([s for s in found if s.text], True, info.language, info.duration)
 
-    def _decode_short(self, samples: np.ndarray, language: str | None, words: bool, beam_size: int,
-                      final: bool) -> Transcript | None:
-        """One decode on the audio plus trailing silence; None when the result looks unreliable (see module doc)."""
+    def _decode_short(self, model: WhisperModel, samples: np.ndarray, language: str | None, words: bool,
+                      beam_size: int, final: bool, give_up: threading.Event | None = None) -> Transcript | None:
+        """One decode on the audio plus trailing silence; None when the result looks unreliable (see module doc), or
+        when `give_up` was set by the time the encoder was done."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
-        model, opts = self._model, self.short
+        opts = self.short
         duration = len(samples) / SAMPLE_RATE
         features = model.feature_extractor(samples)  # (n_mels, frames + 1)
         content_frames = features.shape[-1] - 1
@@ -299,6 +339,8 @@ class WhisperSTT:
         window = np.ascontiguousarray(np.concatenate([features[:, :content_frames], floor], axis=1)[None])
         try:
             encoded = model.encode(window)
+            if give_up is not None and give_up.is_set():
+                return None
             if language is None:
                 language = (model.model.detect_language(encoded)[0][0][0][2:-2] if model.model.is_multilingual
                             else "en")
@@ -352,17 +394,17 @@ class WhisperSTT:
             return True
         return avg_logprob < opts.log_prob_threshold
 
-    def _decode_interim(self, samples: np.ndarray, language: str | None) -> Transcript:
+    def _decode_interim(self, model: WhisperModel, samples: np.ndarray, language: str | None) -> Transcript:
         duration = len(samples) / SAMPLE_RATE
         if float(np.abs(samples).max(initial=0.0)) < _SILENT_PEAK:
             return Transcript("", is_final=False, language=language, duration=duration)
         if duration <= WINDOW_S - self.short.pad_s:
-            decoded = self._decode_short(samples, language, False, 1, final=False)
+            decoded = self._decode_short(model, samples, language, False, 1, final=False)
             assert decoded is not None
             return decoded
         # A turn beyond one window: its last 30 s are enough for an interim.
         tail = samples[-int((WINDOW_S - self.short.pad_s) * SAMPLE_RATE):]
-        decoded = self._decode_short(tail, language, False, 1, final=False)
+        decoded = self._decode_short(model, tail, language, False, 1, final=False)
         assert decoded is not None
         return decoded
 
@@ -538,7 +580,8 @@ class WhisperStream:
             start, committed = self._committed_samples, self._committed
             started = time.perf_counter()
             try:
-                tail = await stt._run(INTERIM, functools.partial(stt._decode_interim, samples[start:], self._language))
+                tail = await stt._run(INTERIM, functools.partial(stt._decode_interim, samples=samples[start:],
+                                                                      language=self._language))
             except ProviderError as exc:
                 log.warning("interim decode failed: %s", exc)
                 continue
@@ -593,8 +636,8 @@ class WhisperStream:
 
     async def _speculate(self, samples: np.ndarray, abandoned: threading.Event) -> Transcript:
         start, committed, turn = self._committed_samples, self._committed, self._turn
-        decode = functools.partial(self._stt._decode_final, samples[start:], self._language, False, None,
-                                   abandoned=abandoned)
+        decode = functools.partial(self._stt._decode_final, samples=samples[start:], language=self._language,
+                                   words=False, window=None, abandoned=abandoned)
         tail = (await self._stt._run(FINAL, decode)).transcript
         transcript = _after(committed, tail, start / SAMPLE_RATE)
         if turn != self._turn:  # a finalize() took it as its turn's final, or ended the turn without it
@@ -635,7 +678,8 @@ class WhisperStream:
             if speculation is not None:  # the turn ended in the pause it was started for: same speech
                 transcript = await speculation
             else:
-                decode = functools.partial(self._stt._decode_final, samples[start:], self._language, False, None)
+                decode = functools.partial(self._stt._decode_final, samples=samples[start:], language=self._language,
+                                           words=False, window=None)
                 tail = (await self._stt._run(FINAL, decode)).transcript
                 transcript = _after(committed, tail, start / SAMPLE_RATE)
         except ProviderError as exc:
