@@ -61,12 +61,15 @@ class LlamaLLM:
                  n_threads: int = 2, n_ctx: int = 2048, temperature: float = 0.2, max_tokens: int = 256,
                  top_p: float = 0.9, top_k: int = 40, repeat_penalty: float = 1.1, seed: int = 1234,
                  extra_buffers: bool = False, spin_wait: bool = False, warm_prompt: str | None = None,
-                 nice: int = 5) -> None:
+                 nice: int = 19) -> None:
         """`warm_prompt`: a system prompt to evaluate at load, so that the first reply reuses its KV cache instead of
         paying for it (`bench/llm.py`: first token 234-287 ms cold, 84-122 ms warm, on 2 cores). `nice`: how much lower
-        than the process the generating threads run: on shared cores, the first audio of a reply (Piper) and the
-        caller's next words (VAD, Whisper) come before tokens that will only be spoken seconds later (Piper's first
-        audio next to a generating LLM: 165-198 ms median at nice 0, 150-164 ms at nice 5; alone 121-128 ms)."""
+        than the process the generating threads run (capped at the lowest priority, 19): on shared cores, the first
+        audio of a reply (Piper), its sending, and the caller's next words (VAD, Whisper) come before tokens that will
+        only be spoken seconds later, and the LLM still has every cycle they leave. Piper's first audio next to a
+        generating LLM: 165-198 ms median at nice 0, 150-164 ms at nice 5, alone 121-128 ms. `bench/latency.py --limit
+        20`, four runs each, alternated: voice to voice 851-881 ms median at nice 19 against 960-1099 ms at nice 5 (the
+        TTS stage 153-160 against 169-192 ms)."""
         if not spin_wait:
             configure_openmp()
         from llama_cpp import Llama
@@ -252,7 +255,8 @@ def _yield_to_others(nice: int) -> None:
     """Lower the worker thread's scheduling priority; llama.cpp's OpenMP threads, started from it, inherit it."""
     if nice > 0 and hasattr(os, "setpriority"):
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           min(os.getpriority(os.PRIO_PROCESS, 0) + nice, 19))
         except OSError as exc:
             log.debug("cannot lower the llama thread's priority: %s", exc)
 
