@@ -4,6 +4,8 @@
 system prompt with the one before (llama.cpp reuses that prefix, as for consecutive turns of an agent), each
 with a new user message: median and p90 over --runs rounds of all prompts. `follow-up`: the next turn of the
 same conversation (system prompt and history cached). Decode speed = tokens after the first / time after it.
+`spoken turns`: the transcripts of the recorded gold speech as user turns, first token without and with a
+`prefill()` of all but their last 4 words (what a session does on the interims while the user speaks).
 
     .venv/bin/python bench/llm.py --runs 5 --json /tmp/llm.json
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +27,7 @@ from voxline.models.store import disable_hubs
 from voxline.providers.base import Message
 from voxline.providers.llama import LlamaLLM
 
+SPEECH = Path(os.environ.get("VOXLINE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "speech"
 SYSTEM = Message("system", "You are a friendly voice assistant on a phone line. Answer in one or two short "
                            "sentences, without lists or markdown.")
 PROMPTS = [
@@ -106,6 +110,26 @@ async def measure(runs: int, threads: int, max_tokens: int, spin: bool) -> list[
     return rows
 
 
+async def spoken_turns(threads: int, max_tokens: int, spin: bool) -> list[tuple[int, float, float]]:
+    """(words, first token ms from the system prompt alone, first token ms after prefilling all but 4 words)."""
+    manifest = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    llm = LlamaLLM(n_threads=threads, spin_wait=spin)
+    out = []
+    try:
+        for text in (m["text"].capitalize() + "." for m in manifest if m["text"]):
+            await timed(llm, [SYSTEM, Message("user", "Hello.")], 4)  # the cache: the system prompt, then "Hello."
+            full = await timed(llm, [SYSTEM, Message("user", text)], max_tokens)
+            await timed(llm, [SYSTEM, Message("user", "Hello.")], 4)
+            words = text.split()
+            llm.prefill([SYSTEM, Message("user", " ".join(words[:-4]))])
+            await asyncio.sleep(0.5)  # done by the time the speaker has said the last 4 words
+            prefilled = await timed(llm, [SYSTEM, Message("user", text)], max_tokens)
+            out.append((len(words), full.first_s * 1000, prefilled.first_s * 1000))
+    finally:
+        llm.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="warm rounds over all prompts")
@@ -123,9 +147,18 @@ def main() -> None:
         print(f"{r.prompt:<48} {r.input_tokens:>4} {r.cold_first_ms:>6.0f} {r.warm_first_ms_median:>8.0f} "
               f"{r.warm_first_ms_p90:>6.0f} {r.follow_up_first_ms:>6.0f} {r.output_tokens:>4} "
               f"{r.decode_tok_s:>6.0f}")
+    turns = asyncio.run(spoken_turns(args.threads, args.max_tokens, args.spin))
+    print(f"spoken turns ({len(turns)} gold transcripts, {min(t[0] for t in turns)}-{max(t[0] for t in turns)} words): "
+          f"first token median {statistics.median(t[1] for t in turns):.0f} ms, "
+          f"{statistics.median(t[2] for t in turns):.0f} ms after a prefill of all but the last 4 words")
+    for words, full, prefilled in turns:
+        print(f"  {words:3d} words: {full:4.0f} ms, prefilled {prefilled:4.0f} ms")
     if args.json:
         args.json.write_text(json.dumps({"runs": args.runs, "threads": args.threads, "max_tokens": args.max_tokens,
-                                         "spin": args.spin, "rows": [asdict(r) for r in rows]}, indent=2))
+                                         "spin": args.spin, "rows": [asdict(r) for r in rows],
+                                         "spoken_turns": [dict(words=w, first_ms=round(f, 1),
+                                                               prefilled_first_ms=round(p, 1))
+                                                          for w, f, p in turns]}, indent=2))
 
 
 if __name__ == "__main__":

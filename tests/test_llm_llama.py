@@ -15,7 +15,7 @@ import pytest
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, LLMDelta, Message
-from voxline.providers.llama import LlamaLLM
+from voxline.providers.llama import PREFILL_MAX_TOKENS, LlamaLLM
 from voxline.providers.openmp import SPIN_COUNT, configure_openmp
 
 SYSTEM = Message("system", "You are a helpful voice assistant. Answer in one short sentence.")
@@ -168,6 +168,78 @@ async def test_a_warm_prompt_is_in_the_cache_before_the_first_reply(model_store:
         assert text.strip()
     finally:
         model.close()
+
+
+def _cached(llm: LlamaLLM) -> list[int]:
+    return [int(t) for t in llm._llama.input_ids[: llm._llama.n_tokens]]
+
+
+async def _worker_done(llm: LlamaLLM) -> None:
+    """Wait until the worker has run everything submitted so far."""
+    await asyncio.wrap_future(llm._worker.submit(lambda: None))
+
+
+def _hold_worker(llm: LlamaLLM) -> threading.Event:
+    """Keep the worker busy until the returned event is set, so that what is submitted meanwhile queues."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    llm._worker.submit(hold)
+    assert started.wait(10)
+    return release
+
+
+async def test_a_prefill_reads_the_words_so_far_and_changes_no_reply(llm: LlamaLLM) -> None:
+    question = "Could you tell me which planet in our solar system is the largest one?"
+    head, full = [SYSTEM, Message("user", question.rsplit(" ", 4)[0])], [SYSTEM, Message("user", question)]
+    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
+    alone = "".join([d.text async for d in llm.stream(full, max_tokens=12, temperature=0.0)])
+    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
+    llm.prefill(head)
+    await _worker_done(llm)
+    assert _cached(llm) == llm._render(head)
+    assert "".join([d.text async for d in llm.stream(full, max_tokens=12, temperature=0.0)]) == alone
+
+
+async def test_only_the_newest_prefill_runs_and_none_ahead_of_a_waiting_reply(
+        llm: LlamaLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts: list[list[int]] = []
+    generate = llm._llama.generate
+
+    def spy(tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        prompts.append(list(tokens))
+        return generate(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(llm._llama, "generate", spy)
+    older, newer = ([SYSTEM, Message("user", text)] for text in ("What is the", "What is the time"))
+    release = _hold_worker(llm)
+    llm.prefill(older)
+    llm.prefill(newer)
+    release.set()
+    await _worker_done(llm)
+    assert prompts == [llm._render(newer)]
+
+    prompts.clear()
+    release = _hold_worker(llm)
+    llm.prefill(older)
+    answer = asyncio.create_task(reply(llm, "Hello there.", max_tokens=2, temperature=0.0))
+    await asyncio.sleep(0.05)  # the reply is queued behind the prefill
+    release.set()
+    await answer
+    assert prompts == [llm._render([SYSTEM, Message("user", "Hello there.")])]  # no prefill ahead of it
+
+
+async def test_a_prefill_too_long_to_interrupt_is_skipped(llm: LlamaLLM) -> None:
+    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
+    before = _cached(llm)
+    long = [SYSTEM, Message("user", "I would like some help planning my day, please. " * 12)]
+    assert len(llm._render(long)) - len(llm._render([SYSTEM])) > PREFILL_MAX_TOKENS
+    llm.prefill(long)
+    await _worker_done(llm)
+    assert _cached(llm) == before
 
 
 def _nice(tid: int) -> int:

@@ -7,7 +7,8 @@ truncation, false-interruption guards, echo, hang-ups.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,9 +19,9 @@ from voxline.agent.session import Session
 from voxline.agent.stack import Stack, scripted_stack
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
-from voxline.providers.base import Transcript
+from voxline.providers.base import Message, PrefillingLLM, Transcript
 from voxline.providers.scripted import ScriptedLLM, ScriptedSTT, ScriptedSTTStream
-from voxline.resilience import FallbackPhrases
+from voxline.resilience import FallbackPhrases, with_timeout
 from voxline.transports.memory import MemoryTransport
 
 LONG_REPLY = ("Sure. The first thing to know is that the weather today will be sunny in the morning. "
@@ -403,3 +404,53 @@ async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
     assert stages["llm_first_token"] - stages["final_transcript"] >= 299
     assert stages["tts_first_audio"] - stages["llm_first_token"] >= 299
+
+
+@dataclass
+class PrefillingScriptedLLM(ScriptedLLM):
+    prefilled: list[list[Message]] = field(default_factory=list)
+
+    def prefill(self, messages: Sequence[Message]) -> None:
+        self.prefilled.append(list(messages))
+
+
+async def test_the_llm_reads_the_users_words_while_they_speak(vad_stack: Stack) -> None:
+    """A local LLM gets the interim words to evaluate ahead of the reply, through the stack's resilience wrapper."""
+    stack = stack_with(vad_stack, stt={"interim_after_s": 0.4})  # while speaking: the clip has a short silence 0.6 s in
+    llm = PrefillingScriptedLLM()
+    stack.llm = with_timeout(llm, first_item=5.0)
+    assert isinstance(stack.llm, PrefillingLLM)
+    session, _ = await run_call(stack, config(agent={"draft_replies": False}), one_turn_then_silence)
+    assert llm.prefilled and len(llm.calls) == 1
+    assert all(p == llm.calls[0] for p in llm.prefilled)  # the interim had the final's words: the reply's prompt
+    assert llm.calls[0][-1] == Message("user", "what time is it")
+    assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
+
+
+async def test_no_prefill_while_the_agent_speaks(vad_stack: Stack) -> None:
+    stack = stack_with(vad_stack, stt={"interim_after_s": 0.3, "texts": ["what time is it", "mm-hm"]},
+                       llm={"reply": LONG_REPLY})
+    llm = PrefillingScriptedLLM(reply=LONG_REPLY)
+    stack.llm = llm
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(0, 2.5))
+        end = await silence(t, 0.8, start=end)
+        await t.wait_for("agent_text", 10)
+        prefills = len(llm.prefilled)
+        end = await feed(t, utterance(1, 1.0), start=end)  # a backchannel over the reply: interims, no prefill
+        await silence(t, 0.8, start=end)
+        assert len(llm.prefilled) == prefills
+
+    await run_call(stack, config(agent={"draft_replies": False}), script)
+    assert llm.prefilled
+
+
+async def test_no_prefill_in_a_pause(vad_stack: Stack) -> None:
+    """Words that come in a pause (here a late interim) are left to the STT's speculation and the draft."""
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it", late_text="What time is it?")
+    llm = PrefillingScriptedLLM()
+    stack.llm = llm
+    await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}, agent={"draft_replies": False}),
+                   one_turn_then_silence)
+    assert len(llm.calls) == 1 and not any(p[-1].content == "What time is it?" for p in llm.prefilled)

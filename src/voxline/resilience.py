@@ -59,6 +59,7 @@ from voxline.providers.base import (
     VAD,
     LLMDelta,
     Message,
+    PrefillingLLM,
     SpeculativeSTTStream,
     STTStream,
     Transcript,
@@ -352,6 +353,11 @@ class _TTSFace(_Wrapper):
 class _LLMFace(_Wrapper):
     def _setup_face(self) -> None:
         pass
+
+    def prefill(self, messages: Sequence[Message]) -> None:
+        """Passed to the first provider, the one that answers while it works."""
+        if isinstance(self.inner, PrefillingLLM):
+            self.inner.prefill(messages)
 
     async def stream(self, messages: Sequence[Message], *, max_tokens: int | None = None,
                      temperature: float | None = None, tools: Sequence[dict[str, Any]] = ()

@@ -33,7 +33,7 @@ from voxline.agent.turns import TurnDetector, TurnEvent
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import VoxlineError
 from voxline.observe import reporting_to
-from voxline.providers.base import SpeculativeSTTStream, STTStream, ToolCall, Transcript
+from voxline.providers.base import PrefillingLLM, SpeculativeSTTStream, STTStream, ToolCall, Transcript
 from voxline.resilience import RetryBudget, close_quietly, is_no_speech
 from voxline.transports.base import ClientEvent, Transport
 
@@ -269,6 +269,7 @@ class Session:
                 self.detector.set_transcript(transcript.text)
                 self.emit({"type": "transcript", "final": False, "text": transcript.text})
                 self._maybe_draft(user)
+                self._maybe_prefill(user)
         except VoxlineError as exc:
             self.emit({"type": "error", "source": "stt", "message": str(exc)})
         finally:
@@ -334,6 +335,14 @@ class Session:
                             max_tokens=self.config.agent.max_tokens, temperature=self.config.agent.temperature,
                             tools=tools.specs() if tools is not None and len(tools) else [], tts=self.stack.tts,
                             voice=self.voice)
+
+    def _maybe_prefill(self, user: _UserTurn) -> None:
+        """Let a local LLM read the user's words while they speak, so the reply evaluates only the last ones. Not in
+        a pause: the STT is decoding the pause's words then, and a draft reads them once they are in."""
+        llm = self.stack.llm
+        if (isinstance(llm, PrefillingLLM) and user is self._user and not user.in_pause and self._draft is None
+                and self.auto_respond and not self._agent_speaking() and not is_no_speech(user.interim)):
+            llm.prefill(self.conversation.for_llm_with_user(user.interim.strip()))
 
     def _drop_draft(self) -> None:
         if self._draft is not None:

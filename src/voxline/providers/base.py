@@ -134,6 +134,15 @@ class LLM(Protocol):
 
 
 @runtime_checkable
+class PrefillingLLM(LLM, Protocol):
+    """An LLM that can read a prompt before it is asked to answer it (a local model's KV cache): a request that
+    starts like the prefilled prompt then pays only for the rest."""
+
+    def prefill(self, messages: Sequence[Message]) -> None:
+        """A hint that returns at once: a request starting like `messages` will likely come soon. May do nothing."""
+
+
+@runtime_checkable
 class TTS(Protocol):
     """Text to speech: a sentence (or a stream of text) in, audio frames out as soon as they exist."""
 
