@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -57,7 +58,33 @@ def test_nothing_starts_beside_a_solo_decode(workers: _Workers[str]) -> None:
     assert solo.result(WAIT_S) == "solo"
     assert final.result(WAIT_S) == "solo"  # the cores are free again
     assert not later_started.is_set()
+    deadline = time.monotonic() + WAIT_S
+    while workers.active and time.monotonic() < deadline:  # the worker that held the interim lets go of it
+        time.sleep(0.01)
     assert workers.active == 0
+
+
+def test_a_burst_of_finals_runs_side_by_side_not_one_after_the_other() -> None:
+    pool = _Workers(1, "narrow", "solo")
+    try:
+        started, release = threading.Event(), threading.Event()
+        pool.submit(INTERIM, held(started, release))
+        assert started.wait(WAIT_S)
+        finals = [pool.submit(FINAL, lambda model: model) for _ in range(2)]
+        release.set()
+        assert [f.result(WAIT_S) for f in finals] == ["narrow", "solo"]  # the last one found nothing waiting
+    finally:
+        pool.close()
+
+
+def test_a_failing_solo_decode_frees_the_cores(workers: _Workers[str]) -> None:
+    def fail(model: str) -> str:
+        raise RuntimeError(f"{model} failed")
+
+    with pytest.raises(RuntimeError, match="solo failed"):
+        workers.submit(FINAL, fail).result(WAIT_S)
+    assert workers.submit(INTERIM, lambda model: model).result(WAIT_S) == "narrow"
+    assert workers.submit(FINAL, lambda model: model).result(WAIT_S) == "solo"
 
 
 def test_without_a_solo_model_finals_run_side_by_side() -> None:

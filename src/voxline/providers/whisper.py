@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from faster_whisper import WhisperModel
-
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import AudioError, ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import Segment, Transcript, Word
 from voxline.providers.openmp import configure_openmp
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,12 @@ class _Decoded:
 class _Workers(Generic[M]):
     """Decode threads fed from one priority queue: finals before interims, first come first served within each.
 
-    Each job is called with the model to decode with. A final that finds no other decode running gets `solo`, the
-    model with more threads per decode, and the other workers start nothing until it is done: one decode on both
-    cores beats one on a single core with the other idle (5-10 s clips: 378 against 526 ms), while two decodes side by
-    side on two-thread models slow each other down (docs/stt.md, "Concurrency"). Under load a final always finds
-    another decode running, and every decode keeps to one core.
+    Each job is called with the model to decode with. A final that finds no other decode running or waiting gets
+    `solo`, the model with more threads per decode, and the other workers start nothing until it is done: one decode
+    on both cores beats one on a single core with the other idle (5-10 s clips: 378 against 526 ms), while two decodes
+    side by side on two-thread models slow each other down (docs/stt.md, "Concurrency"). Under load a final finds
+    other decodes running or queued, and every decode keeps to one core: a burst of finals runs side by side, not one
+    after the other.
     """
 
     def __init__(self, count: int, model: M, solo: M | None = None) -> None:
@@ -109,7 +110,6 @@ class _Workers(Generic[M]):
         self._model, self._solo = model, solo
         self._changed = threading.Condition()  # guards the counts below
         self._taken = 0  # jobs out of the queue and not yet answered
-        self._running = 0  # of those, decodes running now
         self._solo_running = False
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"whisper-{i}", daemon=True) for i in range(count)]
@@ -142,8 +142,7 @@ class _Workers(Generic[M]):
                 if not future.set_running_or_notify_cancel():  # its caller gave up while it waited
                     self._taken -= 1
                     continue
-                solo = self._solo is not None and priority == FINAL and self._running == 0
-                self._running += 1
+                solo = self._solo is not None and priority == FINAL and self._taken == 1 and self._queue.empty()
                 self._solo_running = solo
             try:
                 result = fn(self._solo if solo and self._solo is not None else self._model)
@@ -157,7 +156,6 @@ class _Workers(Generic[M]):
     def _done(self, solo: bool) -> None:
         with self._changed:
             self._taken -= 1
-            self._running -= 1
             if solo:
                 self._solo_running = False
             self._changed.notify_all()
@@ -186,7 +184,8 @@ class WhisperSTT:
     `window` picks the default decoding window ("short" or "padded", see the module docstring); `language` None
     detects the language per utterance. `beam_size` applies to finals; interims are greedy. `commit_min_s`: see
     `WhisperStream` (None: every final decodes the whole turn, exactly as `transcribe`). `solo_threads`: threads of
-    a final that has the cores to itself (see the module docstring; not above `cpu_threads`: no second model).
+    a final that has the cores to itself (see the module docstring; no second model when it is not above
+    `cpu_threads` or when `num_workers` is 1).
     """
 
     name = "whisper"
@@ -618,7 +617,8 @@ class WhisperStream:
     async def resume(self) -> None:
         """The speaker went on after the last pause: interims follow the new words again, and the pause's decode is
         no longer a final. If it has not started yet it is skipped; if it runs, its words are still committed at the
-        next pause, unless the short window handed the clip to the padded one: that redo is skipped."""
+        next pause, unless the short window handed the clip to the padded one (that redo is skipped) or the clip is
+        shorter than `commit_min_s` (the decoder is skipped after the encoder: nothing to commit)."""
         self._in_pause = False
         self._abandoned.set()
         self._new_audio.set()
