@@ -147,10 +147,15 @@ def main() -> None:
         print(f"{r.prompt:<48} {r.input_tokens:>4} {r.cold_first_ms:>6.0f} {r.warm_first_ms_median:>8.0f} "
               f"{r.warm_first_ms_p90:>6.0f} {r.follow_up_first_ms:>6.0f} {r.output_tokens:>4} "
               f"{r.decode_tok_s:>6.0f}")
-    turns = asyncio.run(spoken_turns(args.threads, args.max_tokens, args.spin))
-    print(f"spoken turns ({len(turns)} gold transcripts, {min(t[0] for t in turns)}-{max(t[0] for t in turns)} words): "
-          f"first token median {statistics.median(t[1] for t in turns):.0f} ms, "
-          f"{statistics.median(t[2] for t in turns):.0f} ms after a prefill of all but the last 4 words")
+    turns = asyncio.run(spoken_turns(args.threads, args.max_tokens, args.spin)) \
+        if (SPEECH / "manifest.jsonl").is_file() else []
+    if not turns:
+        print(f"spoken turns: skipped, no transcripts in {SPEECH}")
+    else:
+        lengths = [t[0] for t in turns]
+        print(f"spoken turns ({len(turns)} gold transcripts, {min(lengths)}-{max(lengths)} words): "
+              f"first token median {statistics.median(t[1] for t in turns):.0f} ms, "
+              f"{statistics.median(t[2] for t in turns):.0f} ms after a prefill of all but the last 4 words")
     for words, full, prefilled in turns:
         print(f"  {words:3d} words: {full:4.0f} ms, prefilled {prefilled:4.0f} ms")
     if args.json:

@@ -15,7 +15,7 @@ import pytest
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, LLMDelta, Message
-from voxline.providers.llama import PREFILL_MAX_TOKENS, LlamaLLM
+from voxline.providers.llama import PREFILL_CHUNK, PREFILL_MAX_TOKENS, LlamaLLM
 from voxline.providers.openmp import SPIN_COUNT, configure_openmp
 
 SYSTEM = Message("system", "You are a helpful voice assistant. Answer in one short sentence.")
@@ -197,42 +197,84 @@ async def test_a_prefill_reads_the_words_so_far_and_changes_no_reply(llm: LlamaL
     head, full = [SYSTEM, Message("user", question.rsplit(" ", 4)[0])], [SYSTEM, Message("user", question)]
     await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
     alone = "".join([d.text async for d in llm.stream(full, max_tokens=12, temperature=0.0)])
-    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
-    llm.prefill(head)
-    await _worker_done(llm)
-    assert _cached(llm) == llm._render(head)
-    assert "".join([d.text async for d in llm.stream(full, max_tokens=12, temperature=0.0)]) == alone
+    for prefilled in (head, full):  # the words so far; all of them (the last interim had the final's words)
+        await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
+        llm.prefill(prefilled)
+        await _worker_done(llm)
+        assert _cached(llm) == llm._render(prefilled)
+        assert "".join([d.text async for d in llm.stream(full, max_tokens=12, temperature=0.0)]) == alone
+
+
+def _spy_fit(llm: LlamaLLM, monkeypatch: pytest.MonkeyPatch) -> list[list[Message]]:
+    """The messages of every prefill or stream that got as far as building its prompt."""
+    asked: list[list[Message]] = []
+    fit = llm.fit
+
+    def spy(messages: Any, max_tokens: int) -> list[int]:
+        asked.append(list(messages))
+        return fit(messages, max_tokens)
+
+    monkeypatch.setattr(llm, "fit", spy)
+    return asked
 
 
 async def test_only_the_newest_prefill_runs_and_none_ahead_of_a_waiting_reply(
         llm: LlamaLLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    prompts: list[list[int]] = []
-    generate = llm._llama.generate
-
-    def spy(tokens: Any, *args: Any, **kwargs: Any) -> Any:
-        prompts.append(list(tokens))
-        return generate(tokens, *args, **kwargs)
-
-    monkeypatch.setattr(llm._llama, "generate", spy)
+    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)  # a cache the prefills may replace
+    asked = _spy_fit(llm, monkeypatch)
     older, newer = ([SYSTEM, Message("user", text)] for text in ("What is the", "What is the time"))
     release = _hold_worker(llm)
     llm.prefill(older)
     llm.prefill(newer)
     release.set()
     await _worker_done(llm)
-    assert prompts == [llm._render(newer)]
+    assert asked == [newer] and _cached(llm) == llm._render(newer)
 
-    prompts.clear()
+    asked.clear()
     release = _hold_worker(llm)
     llm.prefill(older)
     answer = asyncio.create_task(reply(llm, "Hello there.", max_tokens=2, temperature=0.0))
     await asyncio.sleep(0.05)  # the reply is queued behind the prefill
     release.set()
     await answer
-    assert prompts == [llm._render([SYSTEM, Message("user", "Hello there.")])]  # no prefill ahead of it
+    assert asked == [[SYSTEM, Message("user", "Hello there.")]]  # no prefill ahead of it
 
 
-async def test_a_prefill_too_long_to_interrupt_is_skipped(llm: LlamaLLM) -> None:
+async def test_a_prefill_stops_between_chunks_when_a_reply_comes(llm: LlamaLLM,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
+    words = [SYSTEM, Message("user", "I would like some help planning my day, please, and tomorrow too.")]
+    prompt = llm._render(words)
+    cached = next(i for i, (a, b) in enumerate(zip(_cached(llm), prompt, strict=False)) if a != b)
+    assert len(prompt) - cached > PREFILL_CHUNK
+    evaluate = llm._llama.eval
+
+    def reply_arrives(tokens: Any) -> None:
+        evaluate(tokens)
+        llm._streams_waiting += 1  # as stream() does when a reply is submitted
+
+    monkeypatch.setattr(llm._llama, "eval", reply_arrives)
+    llm.prefill(words)
+    await _worker_done(llm)
+    llm._streams_waiting -= 1
+    assert _cached(llm) == prompt[: cached + PREFILL_CHUNK]  # one chunk, then the reply's turn
+
+
+async def test_a_reply_given_up_while_queued_leaves_prefills_on(llm: LlamaLLM) -> None:
+    release = _hold_worker(llm)
+    answer = asyncio.create_task(reply(llm, "Hello there.", max_tokens=2, temperature=0.0))
+    await asyncio.sleep(0.05)
+    assert llm._streams_waiting == 1
+    answer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await answer
+    release.set()
+    await _worker_done(llm)
+    assert llm._streams_waiting == 0
+
+
+async def test_a_prefill_too_long_or_evicting_another_conversation_is_skipped(
+        llm: LlamaLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     await reply(llm, "Hi.", max_tokens=2, temperature=0.0)
     before = _cached(llm)
     long = [SYSTEM, Message("user", "I would like some help planning my day, please. " * 12)]
@@ -240,6 +282,19 @@ async def test_a_prefill_too_long_to_interrupt_is_skipped(llm: LlamaLLM) -> None
     llm.prefill(long)
     await _worker_done(llm)
     assert _cached(llm) == before
+
+    # Another caller's conversation was in use a moment ago: its cache is kept, unless left alone a while.
+    await reply(llm, "Please remind me to water the plants on the balcony every morning.", max_tokens=4,
+                temperature=0.0)
+    in_use = _cached(llm)
+    other = [SYSTEM, Message("user", "What time is it?")]
+    llm.prefill(other)
+    await _worker_done(llm)
+    assert _cached(llm) == in_use
+    monkeypatch.setattr("voxline.providers.llama.PREFILL_IDLE_S", 0.0)
+    llm.prefill(other)
+    await _worker_done(llm)
+    assert _cached(llm) == llm._render(other)
 
 
 def _nice(tid: int) -> int:
@@ -250,6 +305,8 @@ async def test_generation_runs_below_the_process_priority(llm: LlamaLLM) -> None
     """The worker and the OpenMP threads it starts yield the cores to TTS and STT (see `nice`)."""
     await reply(llm, "Say hello.", max_tokens=4, temperature=0.0)
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base >= 19:
+        pytest.skip("the process already runs at the lowest priority")
     worker = next(t for t in threading.enumerate() if t.name.startswith("llama"))
     lowered_to = min(base + 19, 19)
     assert worker.native_id is not None and _nice(worker.native_id) == lowered_to

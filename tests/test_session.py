@@ -410,7 +410,8 @@ async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
 class PrefillingScriptedLLM(ScriptedLLM):
     prefilled: list[list[Message]] = field(default_factory=list)
 
-    def prefill(self, messages: Sequence[Message]) -> None:
+    def prefill(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> None:
+        assert max_tokens == AgentConfig.load().agent.max_tokens  # the reply's, so both trim alike
         self.prefilled.append(list(messages))
 
 
@@ -428,8 +429,7 @@ async def test_the_llm_reads_the_users_words_while_they_speak(vad_stack: Stack) 
 
 
 async def test_no_prefill_while_the_agent_speaks(vad_stack: Stack) -> None:
-    stack = stack_with(vad_stack, stt={"interim_after_s": 0.3, "texts": ["what time is it", "mm-hm"]},
-                       llm={"reply": LONG_REPLY})
+    stack = stack_with(vad_stack, stt={"interim_after_s": 0.3, "texts": ["what time is it", "mm-hm"]})
     llm = PrefillingScriptedLLM(reply=LONG_REPLY)
     stack.llm = llm
 
@@ -440,6 +440,7 @@ async def test_no_prefill_while_the_agent_speaks(vad_stack: Stack) -> None:
         prefills = len(llm.prefilled)
         end = await feed(t, utterance(1, 1.0), start=end)  # a backchannel over the reply: interims, no prefill
         await silence(t, 0.8, start=end)
+        assert {"type": "transcript", "final": False, "text": "mm-hm"} in t.events
         assert len(llm.prefilled) == prefills
 
     await run_call(stack, config(agent={"draft_replies": False}), script)

@@ -354,10 +354,10 @@ class _LLMFace(_Wrapper):
     def _setup_face(self) -> None:
         pass
 
-    def prefill(self, messages: Sequence[Message]) -> None:
+    def prefill(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> None:
         """Passed to the first provider, the one that answers while it works."""
         if isinstance(self.inner, PrefillingLLM):
-            self.inner.prefill(messages)
+            self.inner.prefill(messages, max_tokens=max_tokens)
 
     async def stream(self, messages: Sequence[Message], *, max_tokens: int | None = None,
                      temperature: float | None = None, tools: Sequence[dict[str, Any]] = ()

@@ -342,7 +342,8 @@ class Session:
         llm = self.stack.llm
         if (isinstance(llm, PrefillingLLM) and user is self._user and not user.in_pause and self._draft is None
                 and self.auto_respond and not self._agent_speaking() and not is_no_speech(user.interim)):
-            llm.prefill(self.conversation.for_llm_with_user(user.interim.strip()))
+            llm.prefill(self.conversation.for_llm_with_user(user.interim.strip()),
+                        max_tokens=self.config.agent.max_tokens)
 
     def _drop_draft(self) -> None:
         if self._draft is not None:

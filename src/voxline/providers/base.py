@@ -138,8 +138,9 @@ class PrefillingLLM(LLM, Protocol):
     """An LLM that can read a prompt before it is asked to answer it (a local model's KV cache): a request that
     starts like the prefilled prompt then pays only for the rest."""
 
-    def prefill(self, messages: Sequence[Message]) -> None:
-        """A hint that returns at once: a request starting like `messages` will likely come soon. May do nothing."""
+    def prefill(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> None:
+        """A hint that returns at once: a request starting like `messages` (and with this `max_tokens`) will likely
+        come soon. May do nothing."""
 
 
 @runtime_checkable

@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,8 +49,13 @@ _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _Item = LLMDelta | BaseException | None
 _TURN_OVERHEAD = 6  # tokens the chat template adds around one message (<|im_start|>role\n ... <|im_end|>\n)
 PREFILL_MAX_TOKENS = 96
-"""Most new tokens one prefill evaluates (~0.2 s on 2 cores): it cannot be interrupted, and a reply may queue
-behind it."""
+"""Most new tokens one prefill evaluates (~0.2 s on 2 cores); a session's interims each add a few."""
+PREFILL_CHUNK = 16
+"""Tokens evaluated at a time: a reply that comes meanwhile waits for one chunk at most."""
+PREFILL_MAX_DISCARD = 16
+"""A prefill that would throw away more cached tokens than this (another conversation's) is skipped unless the cache
+has been left alone for `PREFILL_IDLE_S`: callers talking at once do not evict each other's words."""
+PREFILL_IDLE_S = 2.0
 
 
 class LlamaLLM:
@@ -111,16 +118,17 @@ class LlamaLLM:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama", initializer=_yield_to_others,
                                           initargs=(nice,))
         self._generating = threading.Event()
+        self._lock = threading.Lock()  # guards the two fields below
         self._streams_waiting = 0  # submitted to the worker, not started yet
-        self._prefill_lock = threading.Lock()  # guards the two fields above
-        self._prefill_next: list[Message] | None = None  # the newest prompt to prefill, until its job takes it
+        self._prefill_next: tuple[list[Message], int] | None = None  # newest prompt to prefill (and max_tokens)
+        self._cache_used_at = -math.inf  # when a stream or prefill last changed the KV cache (worker thread only)
         self._warned_tools = False
         if warm_prompt:
             self._worker.submit(self._llama.eval, self._render([Message("system", warm_prompt)])).result()
 
     @property
     def generating(self) -> bool:
-        """True while the worker is evaluating a prompt or sampling tokens."""
+        """True while the worker is evaluating a stream's prompt or sampling its tokens (not during a prefill)."""
         return self._generating.is_set()
 
     def close(self) -> None:
@@ -179,47 +187,58 @@ class LlamaLLM:
 
     # ---- prefill -----------------------------------------------------------------------------------------
 
-    def prefill(self, messages: Sequence[Message]) -> None:
-        """Evaluate `messages` into the KV cache while the worker is idle; returns at once.
+    def prefill(self, messages: Sequence[Message], *, max_tokens: int | None = None) -> None:
+        """Evaluate `messages` into the KV cache when the worker gets to it; returns at once.
 
         A session passes the conversation with the user's words so far, on each interim transcript: the reply to
-        the finished turn then evaluates only what differs, the last words (`bench/llm.py`: first token ~40 ms
-        instead of 60-150 ms for 8-36 words). Only the newest prompt is kept. It is skipped while a stream waits for
-        the worker, and when it would evaluate more than `PREFILL_MAX_TOKENS` new tokens.
+        the finished turn then evaluates only what differs, the last words (`bench/llm.py`, spoken turns). Give the
+        `max_tokens` the reply will ask for, so both trim a long conversation alike. Only the newest prompt is kept.
+        It is evaluated `PREFILL_CHUNK` tokens at a time and given up as soon as a stream waits for the worker; it
+        is skipped beyond `PREFILL_MAX_TOKENS` new tokens, and when it would evict another conversation still in
+        use (`PREFILL_MAX_DISCARD`).
         """
         try:
             _check_messages(messages, self.name)
         except ProviderError:
             return
-        with self._prefill_lock:
-            queued, self._prefill_next = self._prefill_next is not None, list(messages)
+        with self._lock:
+            queued = self._prefill_next is not None
+            self._prefill_next = (list(messages), self.max_tokens if max_tokens is None else max_tokens)
         if not queued:
             try:
                 self._worker.submit(self._prefill)
             except RuntimeError:  # closed
                 pass
 
+    def _stream_waiting(self) -> bool:
+        with self._lock:
+            return self._streams_waiting > 0
+
     def _prefill(self) -> None:
         """Worker-thread body of `prefill()`."""
-        with self._prefill_lock:
-            messages, self._prefill_next = self._prefill_next, None
-            if messages is None or self._streams_waiting:
-                return
+        with self._lock:
+            job, self._prefill_next = self._prefill_next, None
+        if job is None or self._stream_waiting():
+            return
+        messages, max_tokens = job
+        llama = self._llama
         try:
-            prompt = self.fit(messages, self.max_tokens)
+            prompt = self.fit(messages, max_tokens)
             cached = 0
-            for a, b in zip(self._llama.input_ids[: self._llama.n_tokens], prompt, strict=False):
+            for a, b in zip(llama.input_ids[: llama.n_tokens], prompt, strict=False):
                 if a != b:
                     break
                 cached += 1
-            if cached == len(prompt) or len(prompt) - cached > PREFILL_MAX_TOKENS:
+            discarded = llama.n_tokens - cached
+            if (cached == len(prompt) or len(prompt) - cached > PREFILL_MAX_TOKENS
+                    or (discarded > PREFILL_MAX_DISCARD and time.monotonic() - self._cache_used_at < PREFILL_IDLE_S)):
                 return
-            # generate() finds the cached prefix, evaluates the rest, and samples a token that is thrown away.
-            generator = self._llama.generate(prompt, temp=0.0, reset=True)
-            try:
-                next(generator)
-            finally:
-                generator.close()
+            llama.n_tokens = cached  # eval() drops the KV cache from here on
+            for start in range(cached, len(prompt), PREFILL_CHUNK):
+                llama.eval(prompt[start:start + PREFILL_CHUNK])
+                self._cache_used_at = time.monotonic()
+                if self._stream_waiting():
+                    break  # the reply takes over from the prefix evaluated so far
         except Exception as exc:  # a hint that failed changes nothing: the reply evaluates its prompt itself
             log.debug("%s: prefill failed: %s", self.name, exc)
 
@@ -262,6 +281,7 @@ class LlamaLLM:
             if generator is not None:
                 generator.close()
             self._generating.clear()
+            self._cache_used_at = time.monotonic()
 
     async def stream(self, messages: Sequence[Message], *, max_tokens: int | None = None,
                      temperature: float | None = None,
@@ -285,19 +305,19 @@ class LlamaLLM:
                 stop.set()
 
         def work() -> None:
-            with self._prefill_lock:
+            with self._lock:
                 self._streams_waiting -= 1
             try:
                 self._generate(list(messages), max_tokens, temperature, stop, put)
             finally:
                 put(None)
 
-        with self._prefill_lock:
+        with self._lock:
             self._streams_waiting += 1
         try:
             future = self._worker.submit(work)
         except RuntimeError as exc:
-            with self._prefill_lock:
+            with self._lock:
                 self._streams_waiting -= 1
             raise ProviderError("this LlamaLLM has been closed", provider=self.name) from exc
         try:
@@ -308,7 +328,7 @@ class LlamaLLM:
         finally:
             stop.set()
             if future.cancel():  # never started: no longer waiting
-                with self._prefill_lock:
+                with self._lock:
                     self._streams_waiting -= 1
 
 
