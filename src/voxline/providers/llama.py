@@ -80,7 +80,9 @@ class LlamaLLM:
         only be spoken seconds later, and the LLM still has every cycle they leave. Piper's first audio next to a
         generating LLM: 165-198 ms median at nice 0, 150-164 ms at nice 5, alone 121-128 ms. `bench/latency.py --limit
         20`, four runs each, alternated: voice to voice 851-881 ms median at nice 19 against 960-1099 ms at nice 5 (the
-        TTS stage 153-160 against 169-192 ms)."""
+        TTS stage 153-160 against 169-192 ms). That was one caller: with many callers on one process, their Whisper
+        and Piper work can keep both cores busy and leave a reply's tokens next to nothing; there, a lower `nice`
+        (`[providers.options.llama]`) shares the cores more evenly (not measured)."""
         if not spin_wait:
             configure_openmp()
         from llama_cpp import Llama
