@@ -14,17 +14,17 @@ Two decoding windows:
   Audio longer than 30 s - `pad_s` always uses the padded window (faster-whisper's seek loop).
   See docs/stt.md for the measured trade-off.
 
-One `WhisperSTT` holds one model and is shared by every session of a process. Decodes run on worker threads that
-the `WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads` threads, 1 by default). One decode
+One `WhisperSTT` holds one model and is shared by every session of a process. Decodes run on worker threads that the
+`WhisperSTT` owns (`num_workers`, 2 by default, each decode on `cpu_threads` threads, 1 by default). One decode
 alone is faster on two threads (5-10 s clips: 378 ms median against 526 ms with one; `bench/stt.py --threads`), but
 a live turn's final often overlaps an interim, and two two-thread decodes on 2 cores slow each other down: in
 `bench/latency.py` the final was ready 34 ms after the turn decision (median) with two single-thread workers against
 201 ms with two-thread ones. So sessions get two single-thread workers, and a final that finds no other decode
-running or waiting gets a second copy of the model with `solo_threads` (2) threads, the other worker starting nothing until it
-is done (`_Workers`); batch work that decodes one file at a time (`voxline stt`) uses `cpu_threads=2,
-num_workers=1`. The workers take finals before interims, so a caller waiting for its end-of-turn transcript never
-queues behind another caller's interim. A stream keeps at most one interim decode in flight and always decodes its
-newest audio, so interim work cannot pile up when the machine is busy.
+running or waiting gets a second copy of the model with `solo_threads` (2) threads, the other worker starting
+nothing until it is done (`_Workers`); batch work that decodes one file at a time (`voxline stt`) uses
+`cpu_threads=2, num_workers=1`. The workers take finals before interims, so a caller waiting for its end-of-turn
+transcript never queues behind another caller's interim. A stream keeps at most one interim decode in flight and
+always decodes its newest audio, so interim work cannot pile up when the machine is busy.
 """
 
 from __future__ import annotations
