@@ -273,6 +273,17 @@ async def test_a_reply_given_up_while_queued_leaves_prefills_on(llm: LlamaLLM) -
     assert llm._streams_waiting == 0
 
 
+async def test_a_reply_queued_when_the_model_is_closed_fails_clearly(model_store: ModelStore) -> None:
+    model = LlamaLLM(store=model_store)
+    release = _hold_worker(model)
+    answer = asyncio.create_task(reply(model, "Hello there.", max_tokens=2, temperature=0.0))
+    await asyncio.sleep(0.05)
+    model.close()
+    release.set()
+    with pytest.raises(ProviderError, match="closed before the reply started"):
+        await asyncio.wait_for(answer, 5)
+
+
 async def test_a_prefill_too_long_or_evicting_another_conversation_is_skipped(
         llm: LlamaLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     await reply(llm, "Hi.", max_tokens=2, temperature=0.0)

@@ -322,6 +322,12 @@ class LlamaLLM:
             with self._lock:
                 self._streams_waiting -= 1
             raise ProviderError("this LlamaLLM has been closed", provider=self.name) from exc
+
+        def dropped(done: Any) -> None:  # close() cancelled it before it started: tell the consumer
+            if done.cancelled() and not stop.is_set():
+                put(ProviderError("this LlamaLLM was closed before the reply started", provider=self.name))
+
+        future.add_done_callback(dropped)
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
