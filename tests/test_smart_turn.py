@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ModelError
 from voxline.providers.base import TurnModel
 from voxline.providers.silero import SileroVAD
-from voxline.providers.smart_turn import SmartTurnModel
+from voxline.providers.smart_turn import SmartTurnModel, int8_saturates
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +117,15 @@ def test_cheap_enough_for_every_pause(model: SmartTurnModel, short_singles: list
         model.predict(audio)
         times.append(time.perf_counter() - t)
     assert statistics.median(times) < 0.4, f"Smart Turn took {statistics.median(times) * 1000:.0f} ms per call"
+
+
+def test_int8_fusion_is_turned_off_where_it_saturates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert int8_saturates(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not int8_saturates(info)
+    assert int8_saturates(tmp_path / "missing")  # unknown: take the exact path
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not int8_saturates(tmp_path / "missing")
