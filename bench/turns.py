@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import statistics
 import time
@@ -46,7 +47,7 @@ from voxline.providers.silero import SileroVAD
 from voxline.providers.smart_turn import SmartTurnModel
 from voxline.providers.whisper import WhisperSTT
 
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+SPEECH = Path(os.environ.get("VOXLINE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data" / "speech"
 RATE = 16000
 FRAME_S = 0.02
 
