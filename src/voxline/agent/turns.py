@@ -15,19 +15,11 @@ Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detec
 Every detector also reports the start of each silent stretch inside a turn: `silence` after `silence_event_s` (the
 session starts the STT's speculative final there, so the words are in early), `pause` after `pause_s`.
 
-Silence is counted from where the speech's energy fell, not from the end of the last window the VAD called speech:
-a 32 ms Silero window that holds the last few milliseconds of a word is speech, and counting from its end made every
-silence up to a window longer than configured (`speech_fell`).
-
-The VAD decides once a window (32 ms for Silero) but frames come more often (20 ms), so a turn may also end on a
-frame's end between two windows, when the audio since the last window is quiet (`end_between_windows`): waiting for
-the next window would add up to a window to every turn.
-
 The decisions live in small pure state machines (`Endpointer`, `SmartEndpointer`) fed with (time, duration,
-probability) per VAD window, plus where the speech fell and whether the audio past the last window is quiet, so
-they are testable with synthetic sequences and no audio library. The detector classes turn frames into windows,
-measure those levels, keep the turn audio for the model, and stamp stream times (`frame.timestamp` + offset of the
-window end). Measured choice of defaults: docs/turn-taking.md, bench/turns.py.
+probability) per VAD window, so they are testable with synthetic sequences and no audio library. The detector
+classes only turn frames into windows, keep the turn audio for the model, and stamp stream times
+(`frame.timestamp` + offset of the window end). Measured choice of defaults: docs/turn-taking.md,
+bench/turns.py.
 """
 
 from __future__ import annotations
@@ -36,8 +28,6 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
-
-import numpy as np
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ConfigError
@@ -262,33 +252,10 @@ class Endpointer:
         """Length of the current silent stretch inside a turn (0 while speaking or idle)."""
         return self._silence_run
 
-    def step(self, time: float, duration: float, probability: float,
-             fell_at: float | None = None) -> list[TurnEvent]:
-        """`fell_at`: when this window begins a silent stretch (`begins_silence`), the stream time inside the window
-        before it at which the speech's energy fell; the silence is counted from there (at most one window back)."""
+    def step(self, time: float, duration: float, probability: float) -> list[TurnEvent]:
         self.now = time
-        if self.in_speech:
-            return self._in_turn(time, duration, probability, fell_at)
-        return self._idle(time, duration, probability)
-
-    def end_after(self) -> float:
-        """Silence after which the current silent stretch ends the turn."""
-        return self.silence_s
-
-    def end_between_windows(self, time: float, tolerance: float) -> list[TurnEvent]:
-        """End the turn at `time`, past the last window, when the owner found the audio since that window quiet
-        and the silence counted to `time` falls short of `end_after()` by at most `tolerance` (half the distance
-        to the next chance to end: the nearest of the two ends). The silence is the counted run plus the time
-        since the last window, so a jump in the stream's timestamps does not count as silence heard."""
-        if not self.in_speech or self.speech_end is None or time <= self.now:
-            return []
-        if self._silence_run + (time - self.now) >= self.end_after() - tolerance:
-            return self.end_turn(time)
-        return []
-
-    def begins_silence(self, probability: float) -> bool:
-        """Whether a window with this probability would begin a silent stretch inside the turn."""
-        return self.in_speech and self._silence_run == 0.0 and probability < self.threshold - self.hysteresis
+        return self._in_turn(time, duration, probability) if self.in_speech else self._idle(time, duration,
+                                                                                              probability)
 
     def end_turn(self, time: float) -> list[TurnEvent]:
         """End the current turn now (used by smarter policies); nothing if no turn is running."""
@@ -315,8 +282,7 @@ class Endpointer:
                 self.speech_start = None
         return []
 
-    def _in_turn(self, time: float, duration: float, probability: float,
-                 fell_at: float | None) -> list[TurnEvent]:
+    def _in_turn(self, time: float, duration: float, probability: float) -> list[TurnEvent]:
         silent = self._silence_run > 0.0
         if probability >= self.threshold:
             silent = False
@@ -326,14 +292,10 @@ class Endpointer:
             self._silence_run, self.speech_end, self._silent, self._paused = 0.0, None, False, False
             return []
         if self._silence_run == 0.0:
-            start = time - duration
-            self.speech_end = start if fell_at is None else min(start, max(fell_at, start - duration))
-            self._silence_run = time - self.speech_end
-        else:
-            self._silence_run += duration
-        # Silence grows a window at a time (the first silent window also counts the end of the one before it, from
-        # where the speech fell): end at the window nearest to `silence_s`, not at the first one past it, which would
-        # add up to a window of latency to every turn.
+            self.speech_end = time - duration
+        self._silence_run += duration
+        # Silence is counted in whole windows (32 ms for Silero): end at the window nearest to `silence_s`, not at the
+        # first one past it, which would add up to a window of latency to every turn.
         if self._silence_run >= self.silence_s - duration / 2:
             return self.end_turn(time)
         events: list[TurnEvent] = []
@@ -417,9 +379,8 @@ class SmartEndpointer(Endpointer):
             return False
         return self.silence >= self.end_after() - 1e-9
 
-    def step(self, time: float, duration: float, probability: float,
-             fell_at: float | None = None) -> list[TurnEvent]:
-        events = super().step(time, duration, probability, fell_at)
+    def step(self, time: float, duration: float, probability: float) -> list[TurnEvent]:
+        events = super().step(time, duration, probability)
         if self.speech_end is None:
             self.turn_probability = None  # speech again: the old verdict is stale
         if self.ready_to_end():
@@ -455,37 +416,8 @@ def _windowed(vad: VAD) -> _WindowedStream:
     return stream if hasattr(stream, "windows") else _PerFrameStream(stream)  # type: ignore[return-value]
 
 
-FELL_HOP_S = 0.005
-FELL_FLOOR = 10 ** (-50 / 20)  # -50 dBFS: a hop this quiet is not speech, whatever the level of the room
-
-
-def _rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
-
-
-def _loudest_hop(samples: np.ndarray, sample_rate: int) -> float:
-    """RMS of the loudest 5 ms hop: a word starting at the end of a stretch is not averaged away by the rest."""
-    hop = max(1, round(FELL_HOP_S * sample_rate))
-    return max((_rms(samples[start:start + hop]) for start in range(0, len(samples), hop)), default=0.0)
-
-
-def speech_fell(last_speech: np.ndarray, silent: np.ndarray, sample_rate: int) -> float:
-    """Seconds into `last_speech` (the samples of the last window the VAD called speech) at which the speech's
-    energy fell: the end of its last 5 ms hop louder than -50 dBFS and than twice the level of `silent` (the window
-    after it, which the VAD called silence). 0.0 when no hop is: the VAD was a whole window late."""
-    hop = max(1, round(FELL_HOP_S * sample_rate))
-    level = max(2.0 * _rms(silent), FELL_FLOOR)
-    for end in range(len(last_speech), 0, -hop):
-        if _rms(last_speech[max(0, end - hop):end]) > level:
-            return end / sample_rate
-    return 0.0
-
-
 class VADTurnDetector:
-    """A VAD stream feeding an `Endpointer`: the energy and Silero detectors (see the factories below).
-
-    Keeps the last `keep_s` of audio beyond the newest frame, enough to find where the speech fell inside the last
-    speech window."""
+    """A VAD stream feeding an `Endpointer`: the energy and Silero detectors (see the factories below)."""
 
     def __init__(self, vad: VAD, machine: Endpointer) -> None:
         self._vad = vad
@@ -493,11 +425,6 @@ class VADTurnDetector:
         self.machine = machine
         self._clock: float | None = None
         self._transcript = ""
-        self._audio: deque[AudioFrame] = deque()  # recent mono audio, ending at `_clock`
-        self._audio_s = 0.0
-        self._quiet_level = FELL_FLOOR  # RMS under which audio past the last window counts as silence
-        self._window_s = 0.0  # duration of the last window
-        self.keep_s = 0.1
 
     @property
     def in_speech(self) -> bool:
@@ -519,10 +446,6 @@ class VADTurnDetector:
         self.machine.reset()
         self._clock = None
         self._transcript = ""
-        self._audio.clear()
-        self._audio_s = 0.0
-        self._quiet_level = FELL_FLOOR
-        self._window_s = 0.0
 
     def _base_time(self, frame: AudioFrame) -> float:
         """Stream time of the frame's first sample: its timestamp, unless timestamps are missing or go
@@ -531,75 +454,20 @@ class VADTurnDetector:
         self._clock = base + frame.duration
         return base
 
-    def _keep(self, frame: AudioFrame) -> None:
-        self._audio.append(frame.to_mono())
-        self._audio_s += frame.duration
-        keep = self.keep_s + frame.duration  # a window ending early in this frame looks back into the ones before
-        while len(self._audio) > 1 and self._audio_s - self._audio[0].duration >= keep:
-            self._audio_s -= self._audio.popleft().duration
-
-    def _recent(self, start: float, end: float) -> AudioFrame | None:
-        """The kept audio between two stream times; None unless all of it is kept."""
-        if self._clock is None or start < self._clock - self._audio_s - 1e-6:
-            return None
-        frames: list[AudioFrame] = []
-        first = self._clock
-        for kept in reversed(self._audio):
-            frames.append(kept)
-            first -= kept.duration
-            if first <= start + 1e-9:
-                break
-        return AudioFrame.concat(reversed(frames)).slice(start - first, end - first)
-
-    def _measure_window(self, time: float, duration: float, probability: float) -> float | None:
-        """Where the speech fell inside the window before this one, if this window begins a silent stretch. Also
-        keeps `_quiet_level`, the level under which audio past the last window counts as quiet: twice that of the
-        quietest silent window of the stretch (the first one may still hold the end of a word or a breath)."""
-        machine = self.machine
-        begins = machine.begins_silence(probability)
-        if not begins and not (machine.in_speech and machine.speech_end is not None):
-            return None
-        audio = self._recent(time - (2 if begins else 1) * duration, time)
-        if audio is None or not audio.num_frames:
-            if begins:
-                self._quiet_level = FELL_FLOOR
-            return None
-        samples = audio.mono_float32()
-        split = max(0, len(samples) - round(duration * audio.sample_rate))
-        level = max(2.0 * _rms(samples[split:]), FELL_FLOOR)
-        if not begins:  # a later window of the stretch; it is only silence if the machine keeps it so
-            if probability < machine.threshold:
-                self._quiet_level = min(self._quiet_level, level)
-            return None
-        self._quiet_level = level
-        return time - 2 * duration + speech_fell(samples[:split], samples[split:], audio.sample_rate)
-
-    def _end_between_windows(self, frame: AudioFrame) -> list[TurnEvent]:
-        """After a frame's windows: the turn may end at the frame's end if the audio past the last window is quiet."""
-        machine = self.machine
-        if self._clock is None or not machine.in_speech or machine.speech_end is None:
-            return []
-        tail = self._recent(machine.now, self._clock)
-        if tail is None or not tail.num_frames or _loudest_hop(tail.mono_float32(), tail.sample_rate) >= \
-                self._quiet_level:
-            return []
-        return machine.end_between_windows(self._clock, min(frame.duration, self._window_s) / 2)
-
     async def push(self, frame: AudioFrame) -> list[TurnEvent]:
         base = self._base_time(frame)
-        self._keep(frame)
         events: list[TurnEvent] = []
         previous = 0
         for end, probability in await self._stream.windows(frame):
             size = getattr(self._stream, "window_samples", None) or max(end - previous, 1)
             previous = end
-            self._window_s = size / frame.sample_rate
-            events += await self._on_window(base + end / frame.sample_rate, self._window_s, probability, frame)
-        return events + self._end_between_windows(frame)
+            events += await self._on_window(base + end / frame.sample_rate, size / frame.sample_rate,
+                                            probability, frame)
+        return events
 
     async def _on_window(self, time: float, duration: float, probability: float,
                          frame: AudioFrame) -> list[TurnEvent]:
-        return self.machine.step(time, duration, probability, self._measure_window(time, duration, probability))
+        return self.machine.step(time, duration, probability)
 
 
 class SmartTurnDetector(VADTurnDetector):
@@ -617,20 +485,35 @@ class SmartTurnDetector(VADTurnDetector):
         super().__init__(vad, machine)
         self.smart: SmartEndpointer = self.machine  # type: ignore[assignment]
         self._model = model
-        self.keep_s = 8.5  # the turn model hears up to 8 s
+        self._audio: deque[AudioFrame] = deque()  # recent audio, kept to the last `keep_s`
+        self._audio_s = 0.0
+        self.keep_s = 8.5
 
     def set_transcript(self, text: str) -> None:
         self.smart.set_transcript(text)
 
+    def reset(self) -> None:
+        super().reset()
+        self._audio.clear()
+        self._audio_s = 0.0
+
+    async def push(self, frame: AudioFrame) -> list[TurnEvent]:
+        self._audio.append(frame)
+        self._audio_s += frame.duration
+        while len(self._audio) > 1 and self._audio_s - self._audio[0].duration >= self.keep_s:
+            self._audio_s -= self._audio.popleft().duration
+        return await super().push(frame)
+
     def turn_audio(self, end: float) -> AudioFrame:
         """The current turn's audio (from 0.2 s before its speech began) up to stream time `end`."""
-        audio = AudioFrame.concat(self._audio).with_timestamp(self._clock - self._audio_s if self._clock else 0.0)
+        mono = [f.to_mono() for f in self._audio]
+        audio = AudioFrame.concat(mono).with_timestamp(self._clock - self._audio_s if self._clock else 0.0)
         start = (self.smart.speech_start or audio.timestamp) - 0.2
         return audio.slice(max(0.0, start - audio.timestamp), end - audio.timestamp)
 
     async def _on_window(self, time: float, duration: float, probability: float,
                          frame: AudioFrame) -> list[TurnEvent]:
-        events = self.smart.step(time, duration, probability, self._measure_window(time, duration, probability))
+        events = self.smart.step(time, duration, probability)
         if any(e.kind == "pause" for e in events):
             audio = self.turn_audio(time)
             if audio.num_frames:
