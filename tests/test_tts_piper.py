@@ -81,7 +81,8 @@ async def test_empty_or_blank_text_yields_nothing(tts: PiperTTS) -> None:
 
 async def test_multi_sentence_streams_sentence_by_sentence(tts: PiperTTS) -> None:
     frames, first, total = await collect(tts, THREE_SENTENCES)
-    assert len(frames) == 3
+    assert len(frames) >= 3  # each sentence in chunks, the first of each short
+    assert frames[0].duration < 0.4
     assert first < 0.6 * total, f"first frame at {first:.3f} s of {total:.3f} s"
     # timestamps run on: each frame starts where the previous one ended
     for prev, cur in itertools.pairwise(frames):
@@ -91,8 +92,8 @@ async def test_multi_sentence_streams_sentence_by_sentence(tts: PiperTTS) -> Non
 async def test_long_first_sentence_is_cut_at_a_clause(tts: PiperTTS) -> None:
     text = ("The quick brown fox jumps over the lazy dog by the river, and then it runs away into the dark "
             "forest where nobody will ever find it again.")
-    frames, first, total = await collect(tts, text)
-    assert len(frames) == 2
+    assert len(list(split_for_speech(text))) == 2
+    _, first, total = await collect(tts, text)
     assert first < 0.7 * total
 
 
@@ -173,15 +174,56 @@ async def test_concurrent_sessions_get_their_own_audio(model_store: ModelStore) 
 
 async def test_options_change_the_speech(model_store: ModelStore, tts: PiperTTS) -> None:
     text = "Thank you for calling, goodbye."
-    slow = PiperTTS(store=model_store, length_scale=1.5, volume=0.5)
+    slow = PiperTTS(store=model_store, length_scale=1.5)
+    still = dict(noise_scale=0.0, noise_w_scale=0.0)
+    loud, quiet = PiperTTS(store=model_store, **still), PiperTTS(store=model_store, volume=0.5, **still)
     try:
         normal = AudioFrame.concat((await collect(tts, text))[0])
-        quiet_slow = AudioFrame.concat((await collect(slow, text))[0])
+        slower = AudioFrame.concat((await collect(slow, text))[0])
+        full = AudioFrame.concat((await collect(loud, text))[0]).mono_float32()
+        half = AudioFrame.concat((await collect(quiet, text))[0]).mono_float32()
     finally:
-        slow.close()
-    assert 1.25 < quiet_slow.duration / normal.duration < 1.75
-    peak = np.abs(quiet_slow.mono_float32()).max()
-    assert 0.4 < peak < 0.6
+        for engine in (slow, loud, quiet):
+            engine.close()
+    assert 1.25 < slower.duration / normal.duration < 1.75
+    assert 0.3 < np.abs(full).max() <= 1.0  # the voice's calibrated level, not scaled to full scale
+    np.testing.assert_allclose(half, 0.5 * full, atol=2 / 32768)
+
+
+async def test_streamed_speech_is_the_whole_piece_synthesized_at_once(model_store: ModelStore) -> None:
+    """The vocoder run span by span, with context on both sides, gives the samples of one run over the whole piece,
+    and the first chunk is out long before the piece is done."""
+    still = dict(noise_scale=0.0, noise_w_scale=0.0)
+    streamed, whole = PiperTTS(store=model_store, **still), PiperTTS(store=model_store, stream=False, **still)
+    text = "The medical practitioners should pay attention to what the patient tells them, every single time."
+    try:
+        assert streamed._default.streams and not whole._default.streams
+        assert streamed._default.gain == pytest.approx(whole._default.gain, rel=1e-3)
+        chunks, _, _ = await collect(streamed, text)
+        pieces, _, _ = await collect(whole, text)
+    finally:
+        streamed.close()
+        whole.close()
+    assert len(pieces) == len(list(split_for_speech(text))) == 2  # whole: one frame per piece
+    assert len(chunks) >= 4 and chunks[0].duration == pytest.approx(32 * 256 / 22050)
+    joined, once = AudioFrame.concat(chunks), AudioFrame.concat(pieces)
+    assert joined.num_frames == once.num_frames
+    assert np.abs(joined.mono_float32() - once.mono_float32()).max() < 2e-3
+
+
+def test_a_graph_without_the_vocoder_node_is_synthesized_whole(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    from voxline.providers.piper import _split_at_vocoder
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input"], ["output"], to=TensorProto.FLOAT)], "not-vits",
+        [helper.make_tensor_value_info("input", TensorProto.INT64, [1, None]),
+         helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, None])])
+    save(helper.make_model(graph), tmp_path / "plain.onnx")
+    assert _split_at_vocoder(tmp_path / "plain.onnx") is None
 
 
 async def test_voice_is_a_path_to_another_model(tmp_path: Path, model_store: ModelStore,

@@ -7,7 +7,14 @@ grows with the length of one utterance) and bounds the work a cancelled synthesi
 
 The voice is loaded once by the `PiperTTS` its owner creates and shares between sessions; onnxruntime sessions
 are safe to run from several threads, and synthesis runs on a small thread pool owned by the `PiperTTS`, never
-on the event loop. At most one piece per `synthesize` call is in flight ahead of the consumer.
+on the event loop. At most one step per `synthesize` call is in flight ahead of the consumer.
+
+Within a piece the audio streams: the voice's graph is cut where its vocoder (VITS's HiFi-GAN decoder, about half
+the work) begins, the text-to-latent half runs once per piece, and the vocoder runs on short spans of the latent
+frames with a margin of context on both sides, so the first 0.37 s of audio is out after the first half and one
+small vocoder call (a 7-word piece: ~60 ms instead of ~110 ms, same samples to within 1e-3; docs/tts.md). A stream
+cannot know the loudest sample of its piece in advance, so each voice has one gain, measured at load, instead of
+scaling every piece to full scale (which made pieces of one reply up to 8 dB apart in loudness).
 
 onnxruntime's worker threads sleep between operations rather than spin (unless `spin_wait`): on 2 cores shared
 with the LLM, STT or other processes, spinning threads steal the cores the work needs (measured ~1.7x slower
@@ -17,6 +24,7 @@ synthesis on a loaded 2-core machine).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -37,6 +45,17 @@ from voxline.text import CLAUSE_END, SENTENCE_END, ends_sentence
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "en_US-joe-medium.onnx"
+
+# Where the vocoder begins in Piper's VITS exports; its one input is the latent frames (z times the mask).
+_VOCODER_NODE = "/dec/conv_pre/Conv"
+FIRST_SPAN_FRAMES = 32  # ~0.37 s of audio at 22.05 kHz (256 samples per latent frame): the first chunk out
+SPAN_FRAMES = 128  # later chunks: larger, so the context margins cost little
+CONTEXT_FRAMES = 12  # latent frames of context on each side of a span: the vocoder's output then matches to 1e-3
+# Phrases whose median loudest sample sets a voice's gain: for joe, 4 phrases at 0.45-0.56; 84 syntheses of other
+# sentences peaked at 0.32-0.80 (median 0.54), so at peak 0.65 the loudest stays within full scale.
+_CALIBRATION = ("Hello, how can I help you today?", "The weather is sunny and warm.",
+                "Please hold the line for a moment.", "Thank you for calling, goodbye.")
+_CALIBRATED_PEAK = 0.65
 
 _WHITESPACE = re.compile(r"\s+")
 # Piper reads [[ ... ]] as raw phonemes; user text must not be able to inject them.
@@ -106,11 +125,12 @@ def split_for_speech(text: str, split: SpeechSplit = SpeechSplit()) -> Iterator[
 
 
 class _Voice:
-    """One loaded Piper voice: its onnxruntime session and config."""
+    """One loaded Piper voice: its onnxruntime sessions (the graph cut before the vocoder, when it can be), its
+    config, and its gain."""
 
-    def __init__(self, model: Path, threads: int, spin_wait: bool) -> None:
+    def __init__(self, model: Path, threads: int, spin_wait: bool, stream: bool = True) -> None:
         import onnxruntime as ort
-        from piper.config import PiperConfig
+        from piper.config import PiperConfig, SynthesisConfig
         from piper.voice import PiperVoice
 
         config_path = Path(f"{model}.json")
@@ -124,18 +144,29 @@ class _Voice:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-            session = ort.InferenceSession(str(model), sess_options=options,
-                                           providers=["CPUExecutionProvider"])
+            halves = _split_at_vocoder(model) if stream and config.num_speakers <= 1 else None
+            if halves is None:
+                session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+                self._vocoder = None
+            else:
+                session, self._vocoder = (ort.InferenceSession(half, sess_options=options,
+                                                               providers=["CPUExecutionProvider"]) for half in halves)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"cannot load Piper voice {model}: {exc}") from exc
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
+        except Exception as exc:  # onnxruntime and onnx raise their own exception types for corrupt models
             raise ModelError(f"cannot load Piper voice {model}: {exc}") from exc
         self.path = model
         self.voice = PiperVoice(session=session, config=config)
         self.sample_rate = int(config.sample_rate)
+        self.streams = self._vocoder is not None
+        self.gain = 1.0
+        quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        peaks = [float(np.max(np.abs(np.concatenate(list(self.stream(p, quiet)))))) for p in _CALIBRATION]
+        self.gain = _CALIBRATED_PEAK / max(float(np.median(peaks)), 1e-3)
 
-    def render(self, text: str, syn_config: Any) -> np.ndarray:
-        """Float samples of one piece of text; empty when it has nothing to say (only punctuation)."""
+    def stream(self, text: str, syn_config: Any) -> Iterator[np.ndarray]:
+        """Float samples of one piece of text, chunk by chunk (one chunk when the voice does not stream); nothing
+        when it has nothing to say (only punctuation). Lazy: each `next()` does one step of the work."""
         # espeak may split a piece into several "sentences" ("Dr." + "Smith ..."); say them as one utterance.
         phonemes: list[str] = []
         for sentence in self.voice.phonemize(text):
@@ -143,20 +174,66 @@ class _Voice:
                 phonemes.extend([" "] if phonemes else [])
                 phonemes.extend(sentence)
         if not phonemes:
-            return np.zeros(0, np.float32)
-        audio = np.asarray(self.voice.phoneme_ids_to_audio(self.voice.phonemes_to_ids(phonemes), syn_config))
-        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-        audio = audio / peak if peak > 1e-8 else np.zeros_like(audio)
-        return np.clip(audio * syn_config.volume, -1.0, 1.0).astype(np.float32)
+            return
+        volume = self.gain * syn_config.volume
+        if self._vocoder is None:
+            audio = np.asarray(self.voice.phoneme_ids_to_audio(self.voice.phonemes_to_ids(phonemes), syn_config))
+            yield np.clip(audio.reshape(-1) * volume, -1.0, 1.0).astype(np.float32)
+            return
+        latent = self.voice.session.run(None, self._inputs(self.voice.phonemes_to_ids(phonemes), syn_config))[0]
+        frames = latent.shape[-1]
+        start, span = 0, FIRST_SPAN_FRAMES
+        while start < frames:
+            end = min(frames, start + span)
+            lo, hi = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
+            audio = self._vocoder.run(None, {self._vocoder.get_inputs()[0].name:
+                                             np.ascontiguousarray(latent[..., lo:hi])})[0].reshape(-1)
+            hop = len(audio) // (hi - lo)  # samples per latent frame (256 for Piper's voices)
+            yield np.clip(audio[(start - lo) * hop:(end - lo) * hop] * volume, -1.0, 1.0).astype(np.float32)
+            start, span = end, SPAN_FRAMES
+
+    def _inputs(self, phoneme_ids: list[int], syn_config: Any) -> dict[str, np.ndarray]:
+        """The graph's inputs, as `PiperVoice.phoneme_ids_to_audio` builds them for a single-speaker voice."""
+        c = self.voice.config
+
+        def pick(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        return {"input": np.array([phoneme_ids], np.int64), "input_lengths": np.array([len(phoneme_ids)], np.int64),
+                "scales": np.array([pick(syn_config.noise_scale, c.noise_scale),
+                                    pick(syn_config.length_scale, c.length_scale),
+                                    pick(syn_config.noise_w_scale, c.noise_w_scale)], np.float32)}
+
+
+def _split_at_vocoder(model: Path) -> tuple[bytes, bytes] | None:
+    """The voice's graph as two serialized models, text to latent frames and latent frames to audio; None when the
+    graph has no vocoder node where Piper's exports put it (such a voice synthesizes whole pieces)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    graph_model = onnx.load(str(model))
+    graph = graph_model.graph
+    vocoder = next((node for node in graph.node if node.name == _VOCODER_NODE), None)
+    inputs = [i.name for i in graph.input]
+    if vocoder is None or inputs != ["input", "input_lengths", "scales"] or len(graph.output) != 1:
+        return None
+    extractor = Extractor(graph_model)
+    latent = vocoder.input[0]
+    head = extractor.extract_model(inputs, [latent])
+    tail = extractor.extract_model([latent], [graph.output[0].name])
+    if [i.name for i in tail.graph.input] != [latent]:
+        return None  # the vocoder needs more than the latent frames (a speaker embedding, say)
+    return head.SerializeToString(), tail.SerializeToString()
 
 
 class PiperTTS:
-    """Piper voice synthesis, shared by many sessions; `synthesize` yields one `AudioFrame` per piece of text.
+    """Piper voice synthesis, shared by many sessions; `synthesize` yields `AudioFrame`s, a few per piece of text.
 
-    `length_scale` > 1 speaks slower (1 / speaking rate); `volume` multiplies the peak-normalised audio;
+    `length_scale` > 1 speaks slower (1 / speaking rate); `volume` multiplies the voice's calibrated level;
     `noise_scale` / `noise_w_scale` set the generator and phoneme-duration noise (None: the voice's own
-    values); `threads` is onnxruntime's thread count per synthesis, `max_parallel` how many pieces run at once
-    across all sessions; `spin_wait` lets onnxruntime's threads busy-wait (see the module docstring).
+    values); `threads` is onnxruntime's thread count per synthesis, `max_parallel` how many steps run at once
+    across all sessions; `spin_wait` lets onnxruntime's threads busy-wait; `stream` False synthesizes each piece
+    whole, in one frame (see the module docstring).
     """
 
     name = "piper"
@@ -164,7 +241,8 @@ class PiperTTS:
     def __init__(self, model: str | Path | None = None, *, store: ModelStore | None = None,
                  length_scale: float = 1.0, volume: float = 1.0, noise_scale: float | None = None,
                  noise_w_scale: float | None = None, speaker_id: int | None = None, threads: int = 2,
-                 max_parallel: int = 2, split: SpeechSplit | None = None, spin_wait: bool = False) -> None:
+                 max_parallel: int = 2, split: SpeechSplit | None = None, spin_wait: bool = False,
+                 stream: bool = True) -> None:
         from piper.config import SynthesisConfig
 
         if not length_scale > 0 or length_scale > 10:
@@ -178,12 +256,13 @@ class PiperTTS:
             raise ConfigError("threads and max_parallel must be at least 1")
         self._threads = threads
         self._spin_wait = spin_wait
+        self._stream = stream
         self._split = split or SpeechSplit()
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale,
                                            noise_scale=noise_scale, noise_w_scale=noise_w_scale,
                                            volume=volume)
         path = Path(model) if model is not None else (store or ModelStore()).path("piper-joe") / DEFAULT_MODEL
-        self._default = _Voice(path, threads, spin_wait)
+        self._default = _Voice(path, threads, spin_wait, stream)
         self.sample_rate = self._default.sample_rate
         self._voices: dict[Path, _Voice] = {path.resolve(): self._default}
         self._voices_lock = threading.Lock()
@@ -206,54 +285,59 @@ class PiperTTS:
         path = Path(voice).expanduser().resolve()
         with self._voices_lock:
             if path not in self._voices:
-                self._voices[path] = _Voice(path, self._threads, self._spin_wait)
+                self._voices[path] = _Voice(path, self._threads, self._spin_wait, self._stream)
             return self._voices[path]
 
-    def _render(self, voice: _Voice, text: str) -> np.ndarray:
+    def _chunks(self, voice: _Voice, pieces: Iterator[str]) -> Iterator[np.ndarray]:
+        for piece in pieces:
+            try:
+                yield from voice.stream(piece, self._syn_config)
+            except Exception as exc:
+                raise ProviderError(f"Piper failed on {piece[:60]!r}: {exc}", provider=self.name) from exc
+
+    def _step(self, chunks: Iterator[np.ndarray]) -> np.ndarray | None:
         with self._busy_lock:
             self._busy += 1
         try:
-            return voice.render(text, self._syn_config)
-        except Exception as exc:
-            raise ProviderError(f"Piper failed on {text[:60]!r}: {exc}", provider=self.name) from exc
+            return next(chunks, None)
         finally:
             with self._busy_lock:
                 self._busy -= 1
 
-    def _submit(self, voice: _Voice, text: str) -> asyncio.Future[np.ndarray]:
+    def _submit(self, chunks: Iterator[np.ndarray]) -> asyncio.Future[np.ndarray | None]:
         try:
-            future: Future[np.ndarray] = self._pool.submit(self._render, voice, text)
+            future: Future[np.ndarray | None] = self._pool.submit(self._step, chunks)
         except RuntimeError as exc:
             raise ProviderError("this PiperTTS has been closed", provider=self.name) from exc
         return asyncio.wrap_future(future)
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncGenerator[AudioFrame, None]:
-        """Frames of speech for `text`, the first as soon as its first piece is ready.
+        """Frames of speech for `text`, the first as soon as the first chunk of its first piece is ready.
 
-        While the consumer handles one frame the next piece is already being synthesized; cancelling the
-        consumer stops the work after that piece (a piece not yet started is dropped).
+        While the consumer handles one frame the next chunk is already being synthesized; cancelling the
+        consumer stops the work after that chunk (one not yet started is dropped).
         """
         if not isinstance(text, str):
             raise ProviderError(f"text to synthesize must be a string, got {type(text).__name__}",
                                 provider=self.name)
         pieces = split_for_speech(text, self._split)
-        piece = next(pieces, None)
-        if piece is None:
+        first = next(pieces, None)
+        if first is None:
             return
         loop = asyncio.get_running_loop()
         chosen = self._default if not voice else await loop.run_in_executor(self._pool, self._voice, voice)
+        chunks = self._chunks(chosen, itertools.chain([first], pieces))
         timestamp = 0.0
-        pending: asyncio.Future[np.ndarray] | None = self._submit(chosen, piece)
+        pending: asyncio.Future[np.ndarray | None] | None = self._submit(chunks)
         try:
             while pending is not None:
                 audio = await pending
-                following = next(pieces, None)
-                pending = self._submit(chosen, following) if following is not None else None
-                if not audio.size:
+                pending = self._submit(chunks) if audio is not None else None
+                if audio is None or not audio.size:
                     continue
                 frame = AudioFrame.from_float(audio, chosen.sample_rate, timestamp).resample(self.sample_rate)
                 timestamp += frame.duration
                 yield frame
         finally:
             if pending is not None:
-                pending.cancel()  # drops the piece if it has not started; a running one finishes in the pool
+                pending.cancel()  # drops the chunk if it has not started; a running one finishes in the pool
