@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import shutil
 import time
@@ -259,3 +260,66 @@ async def test_round_trip_through_whisper(tts: PiperTTS, model_store: ModelStore
     said = words(text)
     found = sum(w in heard for w in said)
     assert found >= 0.8 * len(said), f"said {said}, heard {heard}"
+
+
+def test_a_vocoder_that_needs_more_than_the_latent_frames_is_not_cut(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from voxline.providers.piper import _split_at_vocoder
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["x", "axis"], ["latent"]),
+             helper.make_node("Conv", ["latent", "w"], ["y"], name="/dec/conv_pre/Conv"),
+             helper.make_node("Mul", ["y", "scales"], ["output"])]  # the "vocoder" reads a graph input too
+    graph = helper.make_graph(
+        nodes, "needs-more",
+        [helper.make_tensor_value_info("input", TensorProto.INT64, [1, 4]),
+         helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("scales", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 4])],
+        initializer=[weight, numpy_helper.from_array(np.array([1], np.int64), "axis")],
+        value_info=[helper.make_tensor_value_info("latent", TensorProto.FLOAT, [1, 1, 4])])
+    save(helper.make_model(graph), tmp_path / "needs-more.onnx")
+    assert _split_at_vocoder(tmp_path / "needs-more.onnx") is None
+
+
+async def test_a_voice_at_another_rate_streams_through_one_resampler(tmp_path: Path, model_store: ModelStore) -> None:
+    """joe's model declared as a 16 kHz voice: its chunks are resampled to the engine's 22.05 kHz by one soxr stream,
+    so the streamed speech matches the whole pieces resampled in one go."""
+    src = model_store.path("piper-joe")
+    shutil.copy(src / DEFAULT_MODEL, tmp_path / "en_US-slow-medium.onnx")
+    config = json.loads((src / f"{DEFAULT_MODEL}.json").read_text())
+    config["audio"]["sample_rate"] = 16000
+    (tmp_path / "en_US-slow-medium.onnx.json").write_text(json.dumps(config))
+    still = dict(noise_scale=0.0, noise_w_scale=0.0)
+    streamed, whole = PiperTTS(store=model_store, **still), PiperTTS(store=model_store, stream=False, **still)
+    text = "The weather is sunny today, and it will stay that way until the weekend."
+    other = str(tmp_path / "en_US-slow-medium.onnx")
+    try:
+        chunks, _, _ = await collect(streamed, text, voice=other)
+        pieces, _, _ = await collect(whole, text, voice=other)
+    finally:
+        streamed.close()
+        whole.close()
+    assert len(chunks) > len(pieces) and all(f.sample_rate == 22050 for f in chunks)
+    for prev, cur in itertools.pairwise(chunks):
+        assert cur.timestamp == pytest.approx(prev.timestamp + prev.duration)
+    a, b = AudioFrame.concat(chunks).mono_float32(), AudioFrame.concat(pieces).mono_float32()
+    assert abs(len(a) - len(b)) <= 2
+    n = min(len(a), len(b))
+    assert float(np.sqrt(np.mean((a[:n] - b[:n]) ** 2))) < 0.01 * float(np.sqrt(np.mean(b[:n] ** 2)))
+
+
+def test_a_voice_that_says_none_of_the_calibration_phrases_keeps_its_level(model_store: ModelStore,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import voxline.providers.piper as piper
+
+    monkeypatch.setattr(piper, "_CALIBRATION", ("", " "))
+    engine = PiperTTS(store=model_store)
+    try:
+        assert engine._default.gain == 1.0
+    finally:
+        engine.close()
+    assert "says none of the calibration phrases" in caplog.text

@@ -4,6 +4,7 @@ through the library and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -69,36 +70,46 @@ def test_analysis_and_profile_validation(speech_dir: Path) -> None:
             MatchProfile.from_dict(bad)
 
 
-class _Endless:
-    """A TTS that never ends: to check a cancelled matched stream closes its source."""
+class _Chunked:
+    """A TTS that streams each piece in 20 ms chunks, 0.5 s per word; it records what it was asked to say and
+    whether a stream of it was closed."""
 
-    name = "endless"
+    name = "chunked"
     sample_rate = 22050
 
     def __init__(self) -> None:
-        self.closed = False
+        self.asked: list[str] = []
+        self.closed = 0
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
-        t = np.arange(22050) / 22050
+        self.asked.append(text)
+        t = np.arange(round(0.5 * len(text.split()) * 22050)) / 22050
+        tone = AudioFrame.from_float((0.3 * np.sin(2 * np.pi * 140 * t)).astype(np.float32), 22050)
         try:
-            while True:
-                yield AudioFrame.from_float((0.3 * np.sin(2 * np.pi * 140 * t)).astype(np.float32), 22050)
+            for frame in tone.chunks(0.02):
+                await asyncio.sleep(0)
+                yield frame
         finally:
-            self.closed = True
+            self.closed += 1
 
 
-async def test_matched_tts_streams_and_closes_its_source() -> None:
-    source = _Endless()
+async def test_matched_tts_transforms_whole_pieces_and_closes_its_source() -> None:
+    source = _Chunked()
     profile = MatchProfile(f0_ratio=1.3, base_f0_hz=140.0)
     tts = MatchedVoiceTTS(source, profile)
-    assert tts.name == f"endless+match-{profile.digest}" and tts.sample_rate == 22050
+    assert tts.name == f"chunked+match-{profile.digest}" and tts.sample_rate == 22050
     other = MatchedVoiceTTS(source, MatchProfile(f0_ratio=1.4, base_f0_hz=140.0))
     assert other.name != tts.name  # a TTS cache keyed on the name keeps the two apart
-    stream = tts.synthesize("hello")
-    frame = await stream.__anext__()
-    assert frame.sample_rate == 22050 and frame.duration == pytest.approx(1.0, abs=0.01)
-    await stream.aclose()
-    assert source.closed
+    frames = [f async for f in tts.synthesize("Hello there. How are you today?")]
+    # one transformed frame per piece, not one per 20 ms chunk, with the pieces' lengths and running timestamps
+    assert source.asked == ["Hello there.", "How are you today?"]
+    assert [round(f.duration, 2) for f in frames] == [1.0, 2.0]
+    assert [f.timestamp for f in frames] == [0.0, pytest.approx(1.0, abs=1e-3)]
+    stream = tts.synthesize("One two. Three four. Five six.")
+    await stream.__anext__()
+    await stream.aclose()  # the next piece, already being synthesized, is given up
+    await asyncio.sleep(0.01)
+    assert source.closed == len(source.asked)
 
 
 def test_clone_matched_preview_cli(tmp_path: Path, speech_dir: Path) -> None:

@@ -32,7 +32,8 @@ def _speak(text: str, voice: str | None, rate: float, progress: bool) -> SpeechR
     from voxline.providers.piper import PiperTTS, split_for_speech
 
     started = time.perf_counter()
-    tts = PiperTTS(length_scale=1.0 / rate)
+    # Whole pieces: a file plays nothing early, and the progress bar counts pieces, one frame each.
+    tts = PiperTTS(length_scale=1.0 / rate, stream=False)
     load_s = time.perf_counter() - started
     total = sum(1 for _ in split_for_speech(text))
 

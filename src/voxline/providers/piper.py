@@ -3,7 +3,7 @@
 Latency comes from the size of the first piece of audio, so the text is cut before synthesis: into sentences,
 and the first sentence, when long, at a clause boundary (the first audio of a 25-word sentence then costs
 ~120 ms rather than ~300 ms). Pieces are also capped in length, which bounds memory on absurd input (VITS cost
-grows with the length of one utterance) and bounds the work a cancelled synthesis leaves running: one piece.
+grows with the length of one utterance).
 
 The voice is loaded once by the `PiperTTS` its owner creates and shares between sessions; onnxruntime sessions
 are safe to run from several threads, and synthesis runs on a small thread pool owned by the `PiperTTS`, never
@@ -12,7 +12,7 @@ on the event loop. At most one step per `synthesize` call is in flight ahead of 
 Within a piece the audio streams: the voice's graph is cut where its vocoder (VITS's HiFi-GAN decoder, about half
 the work) begins, the text-to-latent half runs once per piece, and the vocoder runs on short spans of the latent
 frames with a margin of context on both sides, so the first 0.37 s of audio is out after the first half and one
-small vocoder call (a 7-word piece: ~60 ms instead of ~110 ms, same samples to within 1e-3; docs/tts.md). A stream
+small vocoder call (an 8-word sentence: 50 ms instead of 99 ms, same samples to within 1e-3; docs/tts.md). A stream
 cannot know the loudest sample of its piece in advance, so each voice has one gain, measured at load, instead of
 scaling every piece to full scale (which made pieces of one reply up to 8 dB apart in loudness).
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from voxline.audio.frame import AudioFrame
+from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.text import CLAUSE_END, SENTENCE_END, ends_sentence
@@ -156,13 +156,28 @@ class _Voice:
         except Exception as exc:  # onnxruntime and onnx raise their own exception types for corrupt models
             raise ModelError(f"cannot load Piper voice {model}: {exc}") from exc
         self.path = model
+        # Phonemizes; its session is the text-to-latent half when the voice streams, so never call its synthesize().
         self.voice = PiperVoice(session=session, config=config)
         self.sample_rate = int(config.sample_rate)
         self.streams = self._vocoder is not None
-        self.gain = 1.0
-        quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-        peaks = [float(np.max(np.abs(np.concatenate(list(self.stream(p, quiet)))))) for p in _CALIBRATION]
-        self.gain = _CALIBRATED_PEAK / max(float(np.median(peaks)), 1e-3)
+        self.gain = self._calibrate(SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))
+
+    def _calibrate(self, still: Any) -> float:
+        """The gain that brings the calibration phrases to a median peak of `_CALIBRATED_PEAK` (1.0 when the voice
+        says none of them: a voice for another script, say)."""
+        self.gain = 1.0  # `stream` applies the gain: measure the raw level
+        try:
+            peaks = [float(np.max(np.abs(audio))) for phrase in _CALIBRATION
+                     if (audio := np.concatenate([np.zeros(0, np.float32), *self.stream(phrase, still)])).size]
+        except Exception as exc:  # the voice may still speak other text: keep its raw level, and say so
+            log.warning("Piper voice %s: calibration failed (%s); its level stays as the model makes it",
+                        self.path.name, exc)
+            return 1.0
+        if not peaks or max(peaks) < 1e-3:
+            log.warning("Piper voice %s says none of the calibration phrases; its level stays as the model makes it",
+                        self.path.name)
+            return 1.0
+        return _CALIBRATED_PEAK / float(np.median(peaks))
 
     def stream(self, text: str, syn_config: Any) -> Iterator[np.ndarray]:
         """Float samples of one piece of text, chunk by chunk (one chunk when the voice does not stream); nothing
@@ -185,6 +200,8 @@ class _Voice:
         start, span = 0, FIRST_SPAN_FRAMES
         while start < frames:
             end = min(frames, start + span)
+            if frames - end < CONTEXT_FRAMES:  # a sliver left over: render it with this span, not in a call of its own
+                end = frames
             lo, hi = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
             audio = self._vocoder.run(None, {self._vocoder.get_inputs()[0].name:
                                              np.ascontiguousarray(latent[..., lo:hi])})[0].reshape(-1)
@@ -207,7 +224,8 @@ class _Voice:
 
 def _split_at_vocoder(model: Path) -> tuple[bytes, bytes] | None:
     """The voice's graph as two serialized models, text to latent frames and latent frames to audio; None when the
-    graph has no vocoder node where Piper's exports put it (such a voice synthesizes whole pieces)."""
+    graph has no vocoder node where Piper's exports put it, or cannot be cut there (such a voice synthesizes whole
+    pieces). A model that cannot be read at all raises, as loading it whole would."""
     import onnx
     from onnx.utils import Extractor
 
@@ -217,11 +235,16 @@ def _split_at_vocoder(model: Path) -> tuple[bytes, bytes] | None:
     inputs = [i.name for i in graph.input]
     if vocoder is None or inputs != ["input", "input_lengths", "scales"] or len(graph.output) != 1:
         return None
-    extractor = Extractor(graph_model)
     latent = vocoder.input[0]
-    head = extractor.extract_model(inputs, [latent])
-    tail = extractor.extract_model([latent], [graph.output[0].name])
-    if [i.name for i in tail.graph.input] != [latent]:
+    try:
+        extractor = Extractor(graph_model)
+        head = extractor.extract_model(inputs, [latent])
+        tail = extractor.extract_model([latent], [graph.output[0].name])
+    except Exception as exc:  # an export without the shape of the latent frames, say
+        log.info("Piper voice %s cannot be cut before its vocoder (%s); it synthesizes whole pieces", model.name, exc)
+        return None
+    known = {latent, *(t.name for t in tail.graph.initializer), *(o for n in tail.graph.node for o in n.output)}
+    if any(name and name not in known for n in tail.graph.node for name in n.input):
         return None  # the vocoder needs more than the latent frames (a speaker embedding, say)
     return head.SerializeToString(), tail.SerializeToString()
 
@@ -264,6 +287,9 @@ class PiperTTS:
         path = Path(model) if model is not None else (store or ModelStore()).path("piper-joe") / DEFAULT_MODEL
         self._default = _Voice(path, threads, spin_wait, stream)
         self.sample_rate = self._default.sample_rate
+        # For cache keys (`CachedTTS`): the voice file, and that its level is the calibrated one, not the peak-scaled
+        # pieces cached before.
+        self.model = f"{path.name}@calibrated"
         self._voices: dict[Path, _Voice] = {path.resolve(): self._default}
         self._voices_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="piper")
@@ -272,7 +298,7 @@ class PiperTTS:
 
     @property
     def busy(self) -> int:
-        """Pieces being synthesized right now, over all sessions (0 when idle)."""
+        """Synthesis steps running right now, over all sessions (0 when idle, and between the steps of a stream)."""
         return self._busy
 
     def close(self) -> None:
@@ -327,17 +353,21 @@ class PiperTTS:
         loop = asyncio.get_running_loop()
         chosen = self._default if not voice else await loop.run_in_executor(self._pool, self._voice, voice)
         chunks = self._chunks(chosen, itertools.chain([first], pieces))
+        resampler = Resampler(chosen.sample_rate, self.sample_rate)  # one filter state over the chunks' seams
         timestamp = 0.0
         pending: asyncio.Future[np.ndarray | None] | None = self._submit(chunks)
         try:
             while pending is not None:
                 audio = await pending
                 pending = self._submit(chunks) if audio is not None else None
-                if audio is None or not audio.size:
+                if audio is None and resampler.in_rate == resampler.out_rate:
                     continue
-                frame = AudioFrame.from_float(audio, chosen.sample_rate, timestamp).resample(self.sample_rate)
+                samples = audio if audio is not None else np.zeros(0, np.float32)
+                frame = resampler.process(AudioFrame.from_float(samples, chosen.sample_rate), last=audio is None)
+                if not frame.num_frames:
+                    continue
+                yield frame.with_timestamp(timestamp)
                 timestamp += frame.duration
-                yield frame
         finally:
             if pending is not None:
                 pending.cancel()  # drops the chunk if it has not started; a running one finishes in the pool

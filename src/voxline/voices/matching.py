@@ -33,6 +33,7 @@ from voxline.audio.codecs import read_audio
 from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ConfigError, ModelError, ProviderError
 from voxline.providers.base import TTS
+from voxline.providers.piper import split_for_speech
 
 Method = Literal["dio", "harvest"]
 ANALYSIS_RATE = 16000
@@ -264,11 +265,26 @@ class MatchedVoiceTTS:
         self.sample_rate = self.tts.sample_rate
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
-        source = self.tts.synthesize(text, voice=voice)
+        """One frame per piece of text: the base voice's frames of a piece are gathered and transformed together
+        (a streaming voice cuts its pieces into chunks that can end mid-word, and WORLD analyses pitch and level per
+        call), while the next piece is synthesized."""
+
+        async def whole(piece: str) -> list[AudioFrame]:
+            return [frame async for frame in self.tts.synthesize(piece, voice=voice)]
+
+        pieces = split_for_speech(text)
+        piece = next(pieces, None)
+        pending = asyncio.ensure_future(whole(piece)) if piece is not None else None
+        timestamp = 0.0
         try:
-            async for frame in source:
-                yield await asyncio.to_thread(transform, frame, self.profile)
+            while pending is not None:
+                frames = await pending
+                piece = next(pieces, None)
+                pending = asyncio.ensure_future(whole(piece)) if piece is not None else None
+                if frames:
+                    out = await asyncio.to_thread(transform, AudioFrame.concat(frames), self.profile)
+                    yield out.with_timestamp(timestamp)
+                    timestamp += out.duration
         finally:
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            if pending is not None:
+                pending.cancel()
