@@ -144,13 +144,12 @@ class _Voice:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+            def load(source: str | bytes) -> Any:
+                return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
             halves = _split_at_vocoder(model) if stream and config.num_speakers <= 1 else None
-            if halves is None:
-                session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-                self._vocoder = None
-            else:
-                session, self._vocoder = (ort.InferenceSession(half, sess_options=options,
-                                                               providers=["CPUExecutionProvider"]) for half in halves)
+            session = load(str(model) if halves is None else halves[0])
+            self._vocoder = None if halves is None else load(halves[1])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"cannot load Piper voice {model}: {exc}") from exc
         except Exception as exc:  # onnxruntime and onnx raise their own exception types for corrupt models
@@ -159,13 +158,18 @@ class _Voice:
         # Phonemizes; its session is the text-to-latent half when the voice streams, so never call its synthesize().
         self.voice = PiperVoice(session=session, config=config)
         self.sample_rate = int(config.sample_rate)
-        self.streams = self._vocoder is not None
+        self._latent = self._vocoder.get_inputs()[0].name if self._vocoder is not None else ""
+        self.gain = 1.0  # `stream` applies the gain, so the calibration hears the raw level
         self.gain = self._calibrate(SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))
+
+    @property
+    def streams(self) -> bool:
+        """Whether the vocoder runs span by span (the graph could be cut before it)."""
+        return self._vocoder is not None
 
     def _calibrate(self, still: Any) -> float:
         """The gain that brings the calibration phrases to a median peak of `_CALIBRATED_PEAK` (1.0 when the voice
         says none of them: a voice for another script, say)."""
-        self.gain = 1.0  # `stream` applies the gain: measure the raw level
         try:
             peaks = [float(np.max(np.abs(audio))) for phrase in _CALIBRATION
                      if (audio := np.concatenate([np.zeros(0, np.float32), *self.stream(phrase, still)])).size]
@@ -203,8 +207,7 @@ class _Voice:
             if frames - end < CONTEXT_FRAMES:  # a sliver left over: render it with this span, not in a call of its own
                 end = frames
             lo, hi = max(0, start - CONTEXT_FRAMES), min(frames, end + CONTEXT_FRAMES)
-            audio = self._vocoder.run(None, {self._vocoder.get_inputs()[0].name:
-                                             np.ascontiguousarray(latent[..., lo:hi])})[0].reshape(-1)
+            audio = self._vocoder.run(None, {self._latent: np.ascontiguousarray(latent[..., lo:hi])})[0].reshape(-1)
             hop = len(audio) // (hi - lo)  # samples per latent frame (256 for Piper's voices)
             yield np.clip(audio[(start - lo) * hop:(end - lo) * hop] * volume, -1.0, 1.0).astype(np.float32)
             start, span = end, SPAN_FRAMES
@@ -360,9 +363,7 @@ class PiperTTS:
             while pending is not None:
                 audio = await pending
                 pending = self._submit(chunks) if audio is not None else None
-                if audio is None and resampler.in_rate == resampler.out_rate:
-                    continue
-                samples = audio if audio is not None else np.zeros(0, np.float32)
+                samples = audio if audio is not None else np.zeros(0, np.float32)  # None: flush the resampler
                 frame = resampler.process(AudioFrame.from_float(samples, chosen.sample_rate), last=audio is None)
                 if not frame.num_frames:
                     continue
