@@ -55,6 +55,13 @@ def seq(*parts: tuple[float, float]) -> list[float]:
     ("", "unknown"),
     ("   ", "unknown"),
     ('He said "go."', "complete"),
+    ("Where is it from?", "complete"),  # a question may end in a preposition
+    ("What is it, um?", "incomplete"),
+    ("I think so.", "complete"),  # "so" standing for a clause
+    ("We were asked to do so.", "complete"),
+    ("It was late, so.", "incomplete"),  # "so" beginning one
+    ("I haven't seen him since then.", "complete"),
+    ("We ate, and then.", "incomplete"),
 ])
 def test_transcript_signal(text: str, expected: str) -> None:
     assert transcript_signal(text) == expected

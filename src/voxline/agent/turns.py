@@ -168,6 +168,14 @@ i we they he she i'm we're they're it's there's
 um uh er erm ah mm like
 """.split())
 
+FILLERS = frozenset("um uh er erm ah mm".split())
+CLOSING_AFTER = {
+    "so": frozenset("""do does did doing done think thought hope guess suppose believe imagine expect fear afraid
+                       say says said told seem seems seemed appear appears not even just quite""".split()),
+    "then": frozenset("since until till by before back even only just".split()),
+}
+"""Words before which a continuation word closes the sentence after all: "I think so.", "to do so.", "since then."."""
+
 _WORD = re.compile(r"[a-z']+")
 
 
@@ -176,19 +184,30 @@ def transcript_signal(text: str) -> TranscriptSignal:
 
     `incomplete`: it ends in a continuation word ("and", "the", "to", "um", ...) whatever punctuation the
     recogniser put after it, or in a comma, dash, colon or ellipsis. `complete`: it ends in ". ! ?" after any
-    other word. `unknown`: empty, or no punctuation to go by.
+    other word, or after a continuation word that closes the sentence: a question may end in one ("Where is it
+    from?"), and "so" and "then" stand for a whole clause after some words ("I think so.", "since then.").
+    `unknown`: empty, or no punctuation to go by.
     """
     stripped = text.strip().strip('"\'”“’)] ')
     if not stripped:
         return "unknown"
     words = _WORD.findall(stripped.lower().replace("’", "'"))
-    if words and words[-1] in CONTINUATION_WORDS:
+    if words and words[-1] in CONTINUATION_WORDS and not _closes(words, stripped):
         return "incomplete"
     if stripped.endswith(("...", "…", ",", "-", "–", "—", ":", ";")):
         return "incomplete"
     if stripped.endswith((".", "!", "?")):
         return "complete"
     return "unknown"
+
+
+def _closes(words: list[str], stripped: str) -> bool:
+    """Whether the continuation word that ends `words` closes the sentence (see `transcript_signal`)."""
+    last = words[-1]
+    if stripped.endswith("?"):
+        return last not in FILLERS
+    return (stripped.endswith((".", "!")) and len(words) > 1
+            and words[-2] in CLOSING_AFTER.get(last, frozenset()))
 
 
 # ---- the state machines (pure)
