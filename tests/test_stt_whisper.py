@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ConfigError, VoxlineError
 from voxline.models.store import ModelStore
 from voxline.providers.base import STT, SpeculativeSTTStream, STTStream, Transcript
-from voxline.providers.whisper import WhisperSTT, _echoes, _repeats
+from voxline.providers.whisper import WhisperSTT, _echoes, _prefer_avx512, _repeats
 from voxline.wer import edit_distance, words
 
 pytestmark = pytest.mark.slow
@@ -369,3 +370,33 @@ def test_words_in_the_padding_are_dropped_only_when_they_repeat(stt: WhisperSTT)
     assert not stt._suspicious(20, budget, text, "", ok_logprob)
     assert stt._suspicious(20, budget, text, "", -0.9)
     assert stt._suspicious(40, budget, text + " " + text, "", ok_logprob)  # the loop inside the audio
+
+
+_FLAGS = "fpu sse sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"
+
+
+@pytest.mark.parametrize(("vendor", "flags", "expected"), [
+    ("AuthenticAMD", _FLAGS, "AVX512"),
+    ("AuthenticAMD", "fpu sse sse2 avx avx2", None),  # no AVX-512
+    ("AuthenticAMD", "fpu avx2 avx512f", None),  # not the whole set CTranslate2 needs
+    ("GenuineIntel", _FLAGS, None),  # left to CTranslate2
+])
+def test_avx512_is_asked_for_on_amd_cpus_that_have_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       vendor: str, flags: str, expected: str | None) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\n"
+                       f"processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n")
+    monkeypatch.delenv("CT2_FORCE_CPU_ISA", raising=False)
+    _prefer_avx512(cpuinfo)
+    assert os.environ.get("CT2_FORCE_CPU_ISA") == expected
+
+
+def test_a_users_isa_setting_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"vendor_id\t: AuthenticAMD\nflags\t\t: {_FLAGS}\n")
+    monkeypatch.setenv("CT2_FORCE_CPU_ISA", "AVX2")
+    _prefer_avx512(cpuinfo)
+    assert os.environ["CT2_FORCE_CPU_ISA"] == "AVX2"
+    monkeypatch.delenv("CT2_FORCE_CPU_ISA")
+    _prefer_avx512(tmp_path / "missing")  # no /proc/cpuinfo (not Linux): nothing to go by, nothing set
+    assert "CT2_FORCE_CPU_ISA" not in os.environ
