@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from voxline.agent.config import AgentConfig
 from voxline.agent.context import Conversation, words_heard
 from voxline.agent.draft import Draft
+from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter, split_sentences
 from voxline.agent.session import is_backchannel, is_echo
 from voxline.agent.timeline import TurnTimeline
@@ -269,3 +271,76 @@ def test_the_conversation_previews_the_llm_view_with_the_next_user_turn() -> Non
     c.add_assistant("two")
     assert [m.content for m in c.for_llm_with_user("three")] == ["sys", "three"]
     assert [m.content for m in c.messages] == ["one", "two"]
+
+
+class _Sink:
+    """A transport that keeps what is sent, at 16 kHz."""
+
+    output_sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.sent: list[AudioFrame] = []
+
+    async def send_audio(self, frame: AudioFrame) -> None:
+        self.sent.append(frame)
+
+    async def clear(self) -> None:
+        pass
+
+
+def _quiet(seconds: float, rate: int) -> AudioFrame:
+    return AudioFrame(np.zeros((round(seconds * rate), 1), np.int16), rate)
+
+
+async def test_audio_queued_before_playout_starts_is_resampled_too() -> None:
+    sink = _Sink()
+    playout = Playout(sink, TurnTimeline(1))  # type: ignore[arg-type]
+    playout.begin_piece("Hello there.")  # a drafted piece: all its audio is there before `run` has started
+    for _ in range(3):
+        await playout.put(_quiet(0.02, 24000))
+    await playout.end_piece()
+    playout.close()
+    await playout.run()
+    assert {f.sample_rate for f in sink.sent} == {16000}
+    assert sum(f.num_frames for f in sink.sent) == pytest.approx(0.06 * 16000, abs=2)
+
+
+async def test_ending_a_piece_on_a_full_queue_waits_for_room() -> None:
+    playout = Playout(_Sink(), TurnTimeline(1), max_queued=4)  # type: ignore[arg-type]
+    playout.begin_piece("x")
+    while not playout._queue.full():  # resampled: the resampler keeps a tail for the piece's end
+        await playout.put(_quiet(0.02, 22050))
+    ending = asyncio.create_task(playout.end_piece())
+    await asyncio.sleep(0.05)
+    assert not ending.done()  # waiting for the consumer, not failing
+    player = asyncio.create_task(playout.run())
+    await ending
+    playout.close()
+    await player
+
+
+async def test_a_barge_in_inside_a_piece_still_streaming_keeps_its_words_heard() -> None:
+    playout = Playout(_Sink(), TurnTimeline(1))  # type: ignore[arg-type]
+    text = "Hello there, I can help you with your booking today."
+
+    async def speak() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(playout.run())
+            playout.begin_piece(text)
+            for _ in range(200):  # a streaming TTS, a little faster than real time
+                await playout.put(_quiet(0.02, 16000))
+                await asyncio.sleep(0.015)
+            await playout.end_piece()
+            playout.close()
+
+    task = asyncio.create_task(speak())
+    await asyncio.sleep(1.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await playout.stop()
+    assert playout.spans == []  # the piece never ended
+    heard = playout.heard()
+    # ~1.5 s of a 52-character piece at 15 characters a second: the first half or so, never all of it
+    assert heard.startswith("Hello there, I can") and "today" not in heard
+    assert playout.heard(0.0) == ""

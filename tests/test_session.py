@@ -394,6 +394,24 @@ async def test_a_draft_is_dropped_when_the_user_goes_on_or_the_words_change(vad_
     assert [m.content for m in session.conversation.messages] == ["what time is it in Paris", llm.reply]
 
 
+async def test_a_hang_up_in_a_pause_stops_the_draft(vad_stack: Stack) -> None:
+    import time
+
+    stack = drafting_stack(vad_stack, "what time is it", "what time is it")
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM)
+    llm.reply, llm.token_interval_s = LONG_REPLY, 0.2  # a draft left running would take ~7 s
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(0, 2.5))
+        await silence(t, 0.5, start=end)  # a pause: the draft starts; the turn is not over (0.8 s)
+        await asyncio.sleep(0.4)
+
+    started = time.monotonic()
+    await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}), script)
+    assert llm.calls and time.monotonic() - started < 6.0  # 2.5 s + 0.5 s of audio + 0.4 s, then the hang-up
+
+
 async def test_drafting_can_be_turned_off(vad_stack: Stack) -> None:
     stack = drafting_stack(vad_stack, "what time is it", "what time is it")
     cfg = config(turn={"detector": "silero", "silence_s": 0.8}, agent={"draft_replies": False})
@@ -455,3 +473,144 @@ async def test_no_prefill_in_a_pause(vad_stack: Stack) -> None:
     await run_call(stack, config(turn={"detector": "silero", "silence_s": 0.8}, agent={"draft_replies": False}),
                    one_turn_then_silence)
     assert len(llm.calls) == 1 and not any(p[-1].content == "What time is it?" for p in llm.prefilled)
+
+
+# ---- client controls (typed turns, manual turns, truncation) ---------------------------------------------------------
+
+
+def energy_config(**sections: Any) -> AgentConfig:
+    return AgentConfig.load(**{"turn": {"detector": "energy"}, **sections})
+
+
+async def test_typed_turns_arriving_together_all_join_the_conversation_in_order() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, llm={"reply": LONG_REPLY})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "first question"}))
+        await t.wait_for("agent_text", 5)
+        await asyncio.sleep(0.3)  # the agent is speaking
+        t.events.clear()
+        await t.push(ClientEvent("text", {"text": "second question"}))  # both read before either reply runs
+        await t.push(ClientEvent("text", {"text": "third question"}))
+        await t.wait_for("agent_done", 10)  # the first reply, interrupted
+        t.events.clear()
+        await t.wait_for("agent_done", 15)  # the reply to the third question, spoken to its end
+
+    session, _ = await run_call(stack, energy_config(), script)
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    assert users == ["first question", "second question", "third question"]
+    roles = [m.role for m in session.conversation.messages]
+    assert roles[:2] == ["user", "assistant"]  # what was heard of the first reply comes before the next question
+    assert roles[-1] == "assistant" and session.conversation.messages[-1].content == LONG_REPLY
+
+
+async def _feed_tone(t: MemoryTransport, seconds: float, start: float) -> float:
+    import math
+
+    import numpy as np
+    n = np.arange(round(seconds * 16000)) / 16000
+    return await feed(t, AudioFrame.from_float((0.2 * np.sin(2 * math.pi * 220 * n)).astype(np.float32), 16000),
+                      start=start)
+
+
+async def test_speech_right_after_a_manual_commit_is_a_turn_of_its_own() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, stt={"texts": ["first utterance", "second utterance"]})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
+        x = await _feed_tone(t, 1.0, 0.0)
+        x = await silence(t, 0.1, start=x)
+        await t.push(ClientEvent("commit"))  # push to talk released ...
+        x = await silence(t, 0.1, start=x)
+        x = await _feed_tone(t, 1.0, x)  # ... and pressed again at once
+        await silence(t, 0.1, start=x)
+        await t.push(ClientEvent("commit"))
+        await asyncio.sleep(0.5)
+
+    session, _ = await run_call(stack, energy_config(), script)
+    assert [(m.role, m.content) for m in session.conversation.messages] == [
+        ("user", "first utterance"), ("user", "second utterance")]
+
+
+async def test_respond_right_after_commit_answers_the_committed_words() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, stt={"texts": ["what time is it"]})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
+        x = await _feed_tone(t, 1.0, 0.0)
+        await silence(t, 0.1, start=x)
+        await t.push(ClientEvent("commit"))
+        await t.push(ClientEvent("respond"))  # before the final transcript is in (the scripted STT takes 100 ms)
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(stack, energy_config(), script)
+    assert [(m.role, m.content) for m in session.conversation.messages] == [
+        ("user", "what time is it"), ("assistant", "It is ten past four. Anything else?")]
+    assert not any(e["type"] == "interrupted" for e in t.events)
+
+
+async def test_a_truncate_while_the_reply_plays_stops_it_there() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "tell me the weather"}))
+        await t.wait_for("agent_text", 5)
+        await asyncio.sleep(1.5)
+        await t.push(ClientEvent("truncate", {"played_ms": 500}))  # the caller stopped playback at 0.5 s
+        await t.wait_for("agent_done", 5)
+
+    session, t = await run_call(stack, energy_config(), script)
+    done = next(e for e in t.events if e["type"] == "agent_done")
+    assert done["interrupted"]
+    # 0.5 s at 0.25 s a word: "Sure." and "The", not what was sent after the caller stopped listening
+    assert done["text"] == "Sure. The" and session.conversation.messages[-1].content == "Sure. The"
+
+
+async def test_words_said_before_a_tool_call_are_not_repeated_in_the_context() -> None:
+    from voxline.agent.tools import ToolBox, tool
+    from voxline.providers.base import ToolCall
+    from voxline.transports.base import ClientEvent
+
+    @tool
+    async def weather(city: str) -> str:
+        """Look up the weather.
+
+        Args:
+            city: The city.
+        """
+        return f"sunny in {city}"
+
+    stack = scripted_stack(vad=False, llm={"reply": "It is sunny in Paris.", "tool_preamble": "Sure!\nLet me check.",
+                                           "tool_call": ToolCall("c1", "weather", {"city": "Paris"})})
+    stack.tools = ToolBox([weather])
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "weather in Paris?"}))
+        await t.wait_for("agent_done", 10)
+
+    session, _ = await run_call(stack, energy_config(), script)
+    last = session.conversation.messages[-1]
+    assert last.role == "assistant" and last.content == "It is sunny in Paris."
+
+
+async def test_turn_options_that_cannot_apply_are_reported_and_the_call_goes_on() -> None:
+    from voxline.transports.base import ClientEvent
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("configure", {"turn": {"no_such_option": 1}}))
+        await t.push(ClientEvent("text", {"text": "hello"}))
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(scripted_stack(vad=False), energy_config(), script)
+    error = next(e for e in t.events if e["type"] == "error")
+    assert error["source"] == "configure" and "no_such_option" in error["message"]
+    assert session.turn_options.detector == "energy"
+    assert [m.role for m in session.conversation.messages] == ["user", "assistant"]

@@ -62,6 +62,9 @@ def seq(*parts: tuple[float, float]) -> list[float]:
     ("It was late, so.", "incomplete"),  # "so" beginning one
     ("I haven't seen him since then.", "complete"),
     ("We ate, and then.", "incomplete"),
+    ("I told you so.", "complete"),
+    ("Book a table for 4.", "complete"),  # numbers are words: "for" is not the last one
+    ("Call me at 7:30.", "complete"),
 ])
 def test_transcript_signal(text: str, expected: str) -> None:
     assert transcript_signal(text) == expected

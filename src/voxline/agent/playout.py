@@ -3,6 +3,9 @@
 Audio leaves at real-time speed, at most `lead_s` ahead of the caller's playback: enough to ride out network jitter,
 little enough that a barge-in leaves almost nothing buffered on the caller's side, and that "audio sent" is a good
 measure of "audio heard". A caller that reports its playback position (`report_played`) refines the measure.
+
+Audio is resampled to the transport's rate as it is queued, so frames queued before `run` starts (a drafted first
+piece, already synthesized) leave at the same rate as the rest.
 """
 
 from __future__ import annotations
@@ -13,17 +16,22 @@ from typing import Final
 
 import numpy as np
 
+from voxline.agent.context import words_heard
 from voxline.agent.timeline import TurnTimeline
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.transports.base import Transport
 
 _END: Final = object()
+CHARS_PER_S = 15.0
+"""Speaking rate assumed for a piece still being synthesized when no finished piece has told the real one (about
+150 words a minute)."""
 
 
 class Playout:
     def __init__(self, transport: Transport, timeline: TurnTimeline, *, lead_s: float = 0.2,
                  chunk_s: float = 0.06, max_queued: int = 256) -> None:
         self.transport, self.timeline = transport, timeline
+        self._out_rate = transport.output_sample_rate
         self.lead_s, self.chunk_s = lead_s, chunk_s
         self.spans: list[tuple[str, float, float]] = []
         """(text, start, end) of each piece, in seconds of reply audio."""
@@ -31,7 +39,6 @@ class Playout:
         self._queued_s = 0.0
         self._piece: tuple[str, float] | None = None
         self._resampler: Resampler | None = None
-        self._out_rate = 0
         self._sent_s = 0.0
         self._play_start: float | None = None
         self._stopped_at: float | None = None
@@ -48,7 +55,7 @@ class Playout:
 
     async def put(self, frame: AudioFrame) -> None:
         frame = frame.to_mono()
-        if self._out_rate and frame.sample_rate != self._out_rate:
+        if frame.sample_rate != self._out_rate:
             if self._resampler is None or self._resampler.in_rate != frame.sample_rate:
                 self._resampler = Resampler(frame.sample_rate, self._out_rate)
             frame = self._resampler.process(frame)
@@ -56,13 +63,13 @@ class Playout:
             self._queued_s += frame.duration
             await self._queue.put(frame)
 
-    def end_piece(self) -> None:
+    async def end_piece(self) -> None:
         if self._resampler is not None:
             tail = self._resampler.process(
                 AudioFrame(np.zeros((0, 1), np.int16), self._resampler.in_rate), last=True)
             if tail.num_frames:
                 self._queued_s += tail.duration
-                self._queue.put_nowait(tail)
+                await self._queue.put(tail)
         if self._piece is not None:
             text, start = self._piece
             self.spans.append((text, start, self._queued_s))
@@ -76,9 +83,8 @@ class Playout:
 
     # ---- consumer side ------------------------------------------------------------------------------------------
 
-    async def run(self, out_rate: int) -> None:
+    async def run(self) -> None:
         """Send queued audio in `chunk_s` pieces, paced to real time plus `lead_s`."""
-        self._out_rate = out_rate
         self._started = True
         try:
             while not (self._closed and self._queue.empty()):
@@ -137,6 +143,21 @@ class Playout:
             played, at = self._reported
             estimate = min(estimate, played + (now - at))
         return max(0.0, min(self._sent_s, estimate))
+
+    def heard(self, played_s: float | None = None) -> str:
+        """The words the caller heard, up to `played_s` seconds of reply audio (default: as played so far).
+
+        A piece still being synthesized counts too: its start plays before its end is known. Its length is
+        estimated from its characters at the speaking rate of the finished pieces (or `CHARS_PER_S`), and never
+        shorter than the audio it has queued."""
+        spans = list(self.spans)
+        if self._piece is not None:
+            text, start = self._piece
+            done_chars = sum(len(t) for t, _, _ in spans)
+            done_s = sum(end - begin for _, begin, end in spans)
+            rate = done_chars / done_s if done_chars and done_s > 0 else CHARS_PER_S
+            spans.append((text, start, start + max(self._queued_s - start, len(text) / rate)))
+        return words_heard(spans, self.played_seconds() if played_s is None else played_s)
 
     def recent_text(self, window_s: float = 5.0) -> str:
         """Text of the pieces playing in the last `window_s` seconds (what an echo could carry back now)."""

@@ -22,7 +22,7 @@ from itertools import pairwise
 from typing import Any
 
 from voxline.agent.config import AgentConfig
-from voxline.agent.context import Conversation, words_heard
+from voxline.agent.context import Conversation
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter
@@ -54,6 +54,17 @@ _WORD = re.compile(r"[a-z']+(?:-[a-z']+)*")
 
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+async def _outlive(tasks: list[asyncio.Task[None]]) -> bool:
+    """Wait until `tasks` are done, even if the waiter is cancelled meanwhile; return whether it was."""
+    cancelled = False
+    while not all(task.done() for task in tasks):
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 def is_backchannel(text: str) -> bool:
@@ -117,7 +128,13 @@ class Session:
         self._pre_roll: deque[AudioFrame] = deque()
         self._user: _UserTurn | None = None
         self._reply: asyncio.Task[None] | None = None
+        self._replies: list[asyncio.Task[None]] = []
+        """Reply tasks not yet seen done: the current one, and the interrupted ones still recording what was heard."""
+        self._waiting_user_texts: list[str] = []
+        """User turns answered by a reply that has not started yet (it waits for the interrupted ones)."""
         self._draft: Draft | None = None
+        self._finishing: list[asyncio.Task[None]] = []
+        """Ended user turns still waiting for their final transcript."""
         self._playout: Playout | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stream_clock: tuple[float, float] = (0.0, time.monotonic())  # (stream time, monotonic) of last frame
@@ -159,6 +176,7 @@ class Session:
 
     async def _end(self) -> None:
         """The caller hung up: stop everything this session started."""
+        self._drop_draft()
         if self._reply is not None:
             self._reply.cancel()
         if self._user is not None:
@@ -241,7 +259,8 @@ class Session:
         user.timeline.mark("speech_end", speech_end)
         user.timeline.mark("turn_decided")
         assert self._tasks is not None
-        self._tasks.create_task(self._finish_user_turn(user))
+        self._finishing = [t for t in self._finishing if not t.done()]
+        self._finishing.append(self._tasks.create_task(self._finish_user_turn(user)))
 
     async def _open_user_turn(self) -> None:
         if self._user is not None:
@@ -302,7 +321,7 @@ class Session:
         self.emit({"type": "transcript", "final": True, "text": text})
         self.emit({"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
                    "audio_seconds": round(user.audio_s, 3)})
-        if self._agent_speaking():
+        if self._agent_speaking() and self.auto_respond:  # (without: the client decides, e.g. response.cancel)
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
                 return None
@@ -383,21 +402,28 @@ class Session:
     def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None,
                      phrase: str | None = None, draft: Draft | None = None) -> None:
         assert self._tasks is not None
-        previous = self._reply
-        if previous is not None:
-            previous.cancel()
+        earlier = [task for task in self._replies if not task.done()]
+        for task in earlier:
+            task.cancel()
+        if user_text is not None:
+            self._waiting_user_texts.append(user_text)
         self.timelines.append(timeline)
         timeline.drafted = draft is not None
-        self._reply = self._tasks.create_task(self._run_reply(previous, user_text, timeline, fixed_text, phrase,
-                                                              draft))
+        self._reply = self._tasks.create_task(self._run_reply(earlier, timeline, fixed_text, phrase, draft))
+        if draft is not None:  # not adopted after all (the reply was cancelled first): stop its LLM and TTS
+            self._reply.add_done_callback(lambda _: draft.cancel())
+        self._replies = [*earlier, self._reply]
 
-    async def _run_reply(self, previous: asyncio.Task[None] | None, user_text: str | None,
-                         timeline: TurnTimeline, fixed_text: str | None, phrase: str | None = None,
-                         draft: Draft | None = None) -> None:
-        if previous is not None:  # let the interrupted reply record what was heard before the user's new words
-            await asyncio.wait([previous])
-        if user_text is not None:
-            self.conversation.add_user(user_text)
+    async def _run_reply(self, earlier: list[asyncio.Task[None]], timeline: TurnTimeline, fixed_text: str | None,
+                         phrase: str | None = None, draft: Draft | None = None) -> None:
+        # The interrupted replies record what was heard before the user's new words join the conversation. A reply
+        # cancelled meanwhile, even before it ran, leaves its user's words to the next one: none is lost.
+        cancelled = await _outlive(earlier)
+        for text in self._waiting_user_texts:
+            self.conversation.add_user(text)
+        self._waiting_user_texts.clear()
+        if cancelled:
+            raise asyncio.CancelledError
         self.emit({"type": "reply_started", "turn": timeline.turn})
         playout = Playout(self.transport, timeline)
         self._playout = playout
@@ -427,10 +453,8 @@ class Session:
             timeline.mark("interrupted")
             raise
         finally:
-            if draft is not None:  # not adopted after all (cancelled before generating): stop its LLM
-                draft.cancel()
-            heard = words_heard(playout.spans, playout.played_seconds())
-            recorded = " ".join(s for s in self._said_before_tools if s)  # already in the tool-call messages
+            heard = " ".join(playout.heard().split())
+            recorded = " ".join(" ".join(self._said_before_tools).split())  # already in the tool-call messages
             self._said_before_tools = []
             self.conversation.add_assistant(heard[len(recorded):] if recorded and heard.startswith(recorded)
                                             else heard)
@@ -445,13 +469,13 @@ class Session:
         if phrases is None or not phrases.ready or not self._recoveries.take():
             return
         async with asyncio.TaskGroup() as group:
-            group.create_task(playout.run(self.transport.output_sample_rate))
+            group.create_task(playout.run())
             try:
                 playout.begin_piece(phrases.text(key))
                 self.emit({"type": "agent_text", "text": phrases.text(key), "phrase": key})
                 async for frame in phrases.play(key):
                     await playout.put(frame)
-                playout.end_piece()
+                await playout.end_piece()
             finally:
                 playout.close()
 
@@ -527,7 +551,7 @@ class Session:
         tts = self.stack.tts
         voice = self.voice
         async with asyncio.TaskGroup() as group:
-            group.create_task(playout.run(self.transport.output_sample_rate))
+            group.create_task(playout.run())
             try:
                 while (piece := await pieces.get()) is not None:
                     self.emit({"type": "agent_text", "text": piece})
@@ -537,7 +561,7 @@ class Session:
                     async for frame in drafted or tts.synthesize(piece, voice=voice):
                         timeline.mark("tts_first_audio")
                         await playout.put(frame)
-                    playout.end_piece()
+                    await playout.end_piece()
             finally:
                 playout.close()
 
@@ -558,9 +582,15 @@ class Session:
                 self.conversation.add_user(text)
         elif event.type == "respond":
             self._interrupt()
-            self._start_reply(None, TurnTimeline(len(self.timelines) + 1))
+            committed = [t for t in self._finishing if not t.done()]
+            if committed:  # the words just committed are still being transcribed: answer them, not the turn before
+                assert self._tasks is not None
+                self._tasks.create_task(self._respond_after(committed))
+            else:
+                self._start_reply(None, TurnTimeline(len(self.timelines) + 1))
         elif event.type == "commit":
             self._end_user_turn(time.monotonic())
+            self.detector.reset()  # what the caller says next is a new turn, with its own speech_started
         elif event.type == "clear_input":
             if self._user is not None:
                 user, self._user = self._user, None
@@ -568,13 +598,17 @@ class Session:
                     user.reader.cancel()
                 await user.stream.close()
                 self.detector.reset()
+            self._drop_draft()
             self._pre_roll.clear()
         elif event.type in ("playback", "truncate"):
             played = data.get("played_ms")
             if isinstance(played, int | float) and self._playout is not None:
                 self._playout.report_played(played / 1000)
-                if event.type == "truncate" and not self._agent_speaking():
-                    self._rewrite_last_reply(played / 1000)
+                if event.type == "truncate":  # the caller stopped playback there
+                    if self._agent_speaking():
+                        self._interrupt()  # the reply keeps the words up to the reported position
+                    else:
+                        self._rewrite_last_reply(played / 1000)
         elif event.type == "interrupt":
             self._interrupt()
         elif event.type == "configure":
@@ -582,12 +616,16 @@ class Session:
         elif event.type == "dtmf":
             self.emit({"type": "dtmf", "digit": str(data.get("digit", ""))})
 
+    async def _respond_after(self, committed: list[asyncio.Task[None]]) -> None:
+        await asyncio.wait(committed)
+        self._start_reply(None, TurnTimeline(len(self.timelines) + 1))
+
     def _rewrite_last_reply(self, played_s: float) -> None:
         """The caller says it played only `played_s` of the last reply: keep only those words in the context."""
         assert self._playout is not None
         last = self.conversation.last("assistant")
         if last is not None and self.conversation.messages[-1] is last:
-            heard = words_heard(self._playout.spans, played_s)
+            heard = self._playout.heard(played_s)
             if heard:
                 last.content = heard
             else:
@@ -599,8 +637,13 @@ class Session:
         if "voice" in data:
             self.voice = data["voice"] or None
         if isinstance(turn := data.get("turn"), dict) and turn:
-            self.turn_options = replace(self.turn_options, **turn)
-            self.detector = self.stack.turn_detector(self.turn_options)
+            try:
+                options = replace(self.turn_options, **turn)
+                if options != self.turn_options:
+                    self.detector = self.stack.turn_detector(options)
+                    self.turn_options = options
+            except (VoxlineError, TypeError, ValueError) as exc:  # unknown key, or a detector that cannot load
+                self.emit({"type": "error", "source": "configure", "message": f"turn options not applied: {exc}"})
         for flag in ("auto_end_turns", "auto_respond"):
             if isinstance(data.get(flag), bool):
                 setattr(self, flag, data[flag])

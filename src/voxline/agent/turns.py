@@ -174,9 +174,10 @@ CLOSING_AFTER = {
                        say says said told seem seems seemed appear appears not even just quite""".split()),
     "then": frozenset("since until till by before back even only just".split()),
 }
-"""Words before which a continuation word closes the sentence after all: "I think so.", "to do so.", "since then."."""
+"""Words that, among the two before it, make a continuation word close the sentence after all: "I think so.", "I told
+you so.", "since then."."""
 
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z0-9']+")
 
 
 def transcript_signal(text: str) -> TranscriptSignal:
@@ -206,8 +207,7 @@ def _closes(words: list[str], stripped: str) -> bool:
     last = words[-1]
     if stripped.endswith("?"):
         return last not in FILLERS
-    return (stripped.endswith((".", "!")) and len(words) > 1
-            and words[-2] in CLOSING_AFTER.get(last, frozenset()))
+    return stripped.endswith((".", "!")) and any(w in CLOSING_AFTER.get(last, ()) for w in words[-3:-1])
 
 
 # ---- the state machines (pure)
