@@ -253,6 +253,14 @@ async def test_realtime_with_the_sdk_and_with_the_browser_subprotocol(base_url: 
         assert json.loads(await conn.recv())["type"] == "session.created"
 
 
+async def test_browser_subprotocols_without_keys_configured(stack: Stack) -> None:
+    protocols: Any = ["realtime", "openai-insecure-api-key.anything", "openai-beta.realtime-v1"]
+    async with serving(create_app(stack, AgentConfig.load(turn={"detector": "energy"}))) as base:
+        for path in ("/v1/realtime?model=voxline-realtime", "/ws"):  # the transport picks it, else the middleware
+            async with websockets.connect(ws(base, path), subprotocols=protocols) as conn:
+                assert conn.subprotocol == "realtime"
+
+
 # ---- limits ---------------------------------------------------------------------------------------------------------
 
 

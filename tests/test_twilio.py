@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from starlette.websockets import WebSocketState
 
 from serving import serving
 from talk import utterance
@@ -20,7 +21,8 @@ from voxline.agent.config import AgentConfig
 from voxline.agent.stack import Stack, scripted_stack
 from voxline.audio.frame import AudioFrame, decode_mulaw, encode_mulaw
 from voxline.server import create_app
-from voxline.transports.twilio import twilio_signature, valid_signature
+from voxline.transports.base import ClientEvent
+from voxline.transports.twilio import TwilioTransport, twilio_signature, valid_signature
 
 TOKEN = "12345678901234567890123456789012"
 LONG = ("Of course. Our opening hours are from nine in the morning until six in the evening on weekdays, "
@@ -119,6 +121,20 @@ async def test_webhook_returns_connect_stream_twiml_with_a_valid_signature(base_
     assert forged.status_code == 403 and missing.status_code == 403
 
 
+async def test_webhook_behind_a_proxy_checks_and_answers_the_public_url(base_url: str) -> None:
+    """Twilio signs the URL it requested, the proxy's; the stream URL in the TwiML must point there too."""
+    params = {"CallSid": "CA43"}
+    public = "https://voice.example.com/twilio/voice"
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "voice.example.com"}
+    async with httpx.AsyncClient() as client:
+        ok = await client.post(base_url + "/twilio/voice", data=params,
+                               headers={**proxy, "X-Twilio-Signature": twilio_signature(TOKEN, public, params)})
+        internal = await client.post(base_url + "/twilio/voice", data=params, headers={
+            **proxy, "X-Twilio-Signature": twilio_signature(TOKEN, base_url + "/twilio/voice", params)})
+    assert ok.status_code == 200 and 'url="wss://voice.example.com/twilio/stream' in ok.text
+    assert internal.status_code == 403
+
+
 # Test vectors of Twilio's own request validator (twilio-python, tests/unit/test_request_validator.py).
 VECTOR_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
 VECTOR_PARAMS = {"CallSid": "CA1234567890ABCDE", "Digits": "1234", "From": "+14158675309", "To": "+18005551212",
@@ -141,6 +157,10 @@ async def test_garbage_messages_do_not_end_the_call(base_url: str) -> None:
         await ws.send("not json")
         await phone.send("media", media={"track": "inbound", "payload": "%%%not base64%%%"})
         await phone.send("wat")
+        await phone.send("media", media="abc")
+        await phone.send("media", media={"track": "inbound", "payload": "", "timestamp": "x"})
+        await phone.send("mark", mark="r1:200")
+        await phone.send("dtmf", dtmf=["1"])
         await phone.speak(AudioFrame.concat([utterance(9, 2.0), AudioFrame.silence(1.0, 16000)]))
         listener = asyncio.create_task(phone.listen())
         for _ in range(300):
@@ -150,3 +170,68 @@ async def test_garbage_messages_do_not_end_the_call(base_url: str) -> None:
         await phone.send("stop", stop={})
         await asyncio.wait_for(listener, 10)
     assert phone.audio
+
+
+class FakeStream:
+    """Twilio's side of a media stream without a server: queued messages in, the close recorded."""
+
+    def __init__(self, *messages: Any) -> None:
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for m in messages:
+            self.push(m)
+        self.application_state = WebSocketState.CONNECTING
+        self.closed: tuple[int, str] | None = None
+
+    def push(self, message: Any) -> None:
+        self.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(message)})
+
+    async def accept(self) -> None:
+        self.application_state = WebSocketState.CONNECTED
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed, self.application_state = (code, reason), WebSocketState.DISCONNECTED
+
+
+START = {"event": "start", "streamSid": "MZ1", "start": {"callSid": "CA1", "mediaFormat": {
+    "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+SILENCE = {"event": "media", "media": {"track": "inbound", "timestamp": "20",
+                                       "payload": base64.b64encode(b"\xff" * 160).decode()}}
+
+
+@pytest.mark.parametrize("bad", [
+    {"event": "media", "media": "abc"},
+    {"event": "media", "media": {"payload": "", "timestamp": "x"}},
+    {"event": "media", "media": {"payload": 5}},
+    {"event": "media", "media": {"payload": "//8=", "timestamp": ["20"]}},
+    {"event": "mark", "mark": "r1:200"},
+    {"event": "mark", "mark": {"name": 7}},
+    {"event": "dtmf", "dtmf": ["1"]},
+    {"event": "dtmf", "dtmf": {"digit": None}},
+])
+async def test_messages_of_the_wrong_shape_are_skipped(bad: dict[str, Any]) -> None:
+    stream = FakeStream(START, bad, SILENCE, {"event": "dtmf", "dtmf": {"digit": "5"}}, {"event": "stop"})
+    transport = TwilioTransport(stream)  # type: ignore[arg-type]
+    assert await transport.start()
+    frame, digit = [item async for item in transport.receive()]
+    assert isinstance(frame, AudioFrame) and frame.duration == pytest.approx(0.02)
+    assert digit == ClientEvent("dtmf", {"digit": "5"})
+
+
+@pytest.mark.parametrize("start", [
+    {**START, "start": {"callSid": "CA1", "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": "8k"}}},
+    {**START, "start": {"callSid": "CA1", "mediaFormat": "mulaw", "customParameters": ["x"]}},
+    {**START, "start": "CA1"},
+])
+async def test_an_odd_start_is_read_not_fatal(start: dict[str, Any]) -> None:
+    transport = TwilioTransport(FakeStream(start))  # type: ignore[arg-type]
+    assert await transport.start() and transport.stream_sid == "MZ1"
+
+
+async def test_start_is_bounded_in_time() -> None:
+    stream = FakeStream({"event": "connected"}, "garbage")
+    transport = TwilioTransport(stream, start_timeout_s=0.2)  # type: ignore[arg-type]
+    assert not await asyncio.wait_for(transport.start(), 5)
+    assert stream.closed == (1008, "no start event within 0.2 s")

@@ -240,3 +240,53 @@ async def test_client_that_never_reads_is_disconnected() -> None:
     assert transport._outbound.qsize() <= 50
     assert getattr(sock, "closed", (0, ""))[0] == 1008
     transport._writer.cancel()
+
+
+async def test_fields_of_the_wrong_type_get_bad_event_and_the_call_goes_on(base_url: str) -> None:
+    async with websockets.connect(ws_url(base_url)) as ws:
+        await start(ws)
+        for bad in ({"type": []}, {"type": {"text": 1}}, {"type": "text", "text": 5},
+                    {"type": "playback", "played_ms": "soon"}):
+            await ws.send(json.dumps(bad))
+        errors = [json.loads(await ws.recv()) for _ in range(4)]
+        assert [e["code"] for e in errors] == ["bad_event"] * 4
+        assert "text" in errors[2]["message"] and "played_ms" in errors[3]["message"]
+        await ws.send(json.dumps({"type": "text", "text": "hello"}))
+        events, audio = await collect(ws, "agent_done")
+        assert audio and events[-1]["text"].startswith("It is ten past four")
+
+
+def _writers() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "WebSocketTransport._write_loop"]
+
+
+async def test_a_failed_start_leaves_no_writer_task(base_url: str) -> None:
+    from voxline.transports.websocket import WebSocketTransport
+
+    class GoneSocket:
+        """Accepts, then reports that the caller hung up before `session.start`."""
+
+        application_state = None
+
+        async def accept(self) -> None: ...
+
+        async def receive(self) -> dict[str, Any]:
+            return {"type": "websocket.disconnect", "code": 1001}
+
+        async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    before = set(asyncio.all_tasks())
+    transport = WebSocketTransport(GoneSocket())  # type: ignore[arg-type]
+    assert not await transport.start("s")
+    await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() - before if not t.done()]
+
+    writers = len(_writers())
+    for _ in range(20):  # the same through the server: callers that hang up before session.start
+        async with websockets.connect(ws_url(base_url)):
+            pass
+    for _ in range(100):
+        if len(_writers()) <= writers:
+            break
+        await asyncio.sleep(0.02)
+    assert len(_writers()) <= writers

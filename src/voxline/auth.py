@@ -316,7 +316,7 @@ class AccessMiddleware:
         _redact_query(scope)
         path: str = scope["path"]
         if not self.control.enabled or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _choose_subprotocol(scope, send) if scope["type"] == "websocket" else send)
             return
         identity, denial = self.control.identify(scope)
         if scope["type"] == "websocket" and path.startswith(TWILIO_STREAM + "/"):
@@ -396,10 +396,10 @@ def _set_path(scope: Scope, path: str) -> None:
 
 
 def _choose_subprotocol(scope: Scope, send: Send) -> Send:
-    """A client that passed its key as a subprotocol also offered "realtime" (OpenAI's browser clients do), and a
-    browser fails a handshake that answers none of its subprotocols; pick "realtime" if the app picked nothing."""
-    offered = scope.get("subprotocols", ())
-    if not any(p.startswith(KEY_SUBPROTOCOL) for p in offered) or "realtime" not in offered:
+    """OpenAI's browser clients offer "realtime" (beside `openai-insecure-api-key.KEY` and `openai-beta.*`), and a
+    browser fails a handshake that answers none of its subprotocols; pick "realtime" if the app picked nothing,
+    whether or not keys are configured."""
+    if "realtime" not in scope.get("subprotocols", ()):
         return send
 
     async def wrapped(message: Message) -> None:

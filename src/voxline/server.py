@@ -118,11 +118,10 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
     async def ws_session(ws: WebSocket) -> None:
         session_id = uuid.uuid4().hex[:12]
         transport = WebSocketTransport(ws, default_output_rate=config.output.sample_rate, limits=limits)
-        if not await transport.start(session_id):
-            return
         try:
-            await host.run(transport, session_id, "websocket")
-        finally:
+            if await transport.start(session_id):
+                await host.run(transport, session_id, "websocket")
+        finally:  # also after a failed or cancelled start: the transport's writer task must not outlive the socket
             await transport.close()
 
     async def twilio_voice(request: Request) -> Response:
@@ -130,11 +129,9 @@ def create_app(stack: Stack, config: AgentConfig, *, observers: Sequence[Observe
 
     async def twilio_stream(ws: WebSocket) -> None:
         transport = TwilioTransport(ws)
-        if not await transport.start():
-            await transport.close()
-            return
         try:
-            await host.run(transport, transport.call_sid or transport.stream_sid, "twilio")
+            if await transport.start():
+                await host.run(transport, transport.call_sid or transport.stream_sid, "twilio")
         finally:
             await transport.close()
 

@@ -57,6 +57,8 @@ class _Response:
     item_id: str = field(default_factory=lambda: _id("item"))
     transcript: list[str] = field(default_factory=list)
     started: bool = False
+    cancel_reason: str = "turn_detected"
+    """Why a cancelled response ended: the VAD heard new speech, unless the client sent `response.cancel`."""
 
 
 class RealtimeTransport:
@@ -86,8 +88,15 @@ class RealtimeTransport:
     def _input_rate(self) -> int:
         return FORMATS[self.config["input_audio_format"]]
 
+    @property
+    def _server_vad(self) -> bool:
+        """With `turn_detection: null` the client ends turns itself; OpenAI then sends no VAD events."""
+        return self.config["turn_detection"] is not None
+
     async def start(self, system_prompt: str) -> None:
-        await self.ws.accept()
+        # Browsers offer "realtime" (beside the key subprotocols) and fail a handshake that selects none.
+        offered = self.ws.scope.get("subprotocols") or ()
+        await self.ws.accept(subprotocol="realtime" if "realtime" in offered else None)
         self.config["instructions"] = system_prompt
         await self._send({"type": "session.created", "session": self.config})
 
@@ -130,6 +139,8 @@ class RealtimeTransport:
 
     async def send_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind in ("speech_started", "turn_ended") and not self._server_vad:
+            return  # the detector still runs, but in manual mode only the client's commit ends a turn
         if kind == "speech_started":
             self._user_item = _id("item")
             await self._send({"type": "input_audio_buffer.speech_started", "item_id": self._user_item,
@@ -193,7 +204,7 @@ class RealtimeTransport:
                 "status": "incomplete" if cancelled else "completed", "content": [part]}
         await self._send({"type": "response.output_item.done", "response_id": r.id, "output_index": 0, "item": item})
         status = "cancelled" if cancelled else "completed"
-        details = {"type": "cancelled", "reason": "turn_detected"} if cancelled else None
+        details = {"type": "cancelled", "reason": r.cancel_reason} if cancelled else None
         await self._send({"type": "response.done", "response": {
             "id": r.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": [item], "output_audio_format": self.config["output_audio_format"]}})
@@ -243,9 +254,13 @@ async def _session_update(t: RealtimeTransport, event: dict[str, Any]) -> list[A
     if not isinstance(update, dict):
         raise RealtimeError("session.update needs a 'session' object", "missing_required_parameter", "session")
     for key in ("input_audio_format", "output_audio_format"):
+        if key in update and not isinstance(update[key], str):
+            raise RealtimeError(f"{key} must be a string", "invalid_type", f"session.{key}")
         if key in update and update[key] not in FORMATS:
             raise RealtimeError(f"Invalid value: '{update[key]}'. Supported values are: 'pcm16', 'g711_ulaw', "
                                 "and 'g711_alaw'.", "invalid_value", f"session.{key}")
+    if "instructions" in update and not isinstance(update["instructions"], str):
+        raise RealtimeError("instructions must be a string", "invalid_type", "session.instructions")
     control: dict[str, Any] = {}
     if "turn_detection" in update:
         td = update["turn_detection"]
@@ -311,8 +326,15 @@ async def _item_create(t: RealtimeTransport, event: dict[str, Any]) -> list[Audi
     item = event.get("item")
     if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
         raise RealtimeError("only user message items can be created here", "invalid_value", "item")
-    texts = [c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict)
-             and c.get("type") in ("input_text", "text")]
+    content = item.get("content") or []
+    if not isinstance(content, list):
+        raise RealtimeError("item.content must be an array of content parts", "invalid_type", "item.content")
+    texts = []
+    for i, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") in ("input_text", "text"):
+            if not isinstance(text := part.get("text", ""), str):
+                raise RealtimeError("text must be a string", "invalid_type", f"item.content[{i}].text")
+            texts.append(text)
     if not texts:
         raise RealtimeError("the item has no input_text content", "invalid_value", "item.content")
     item_id = str(item.get("id") or _id("item"))
@@ -330,13 +352,15 @@ async def _response_create(t: RealtimeTransport, event: dict[str, Any]) -> list[
 
 @on("response.cancel")
 async def _response_cancel(t: RealtimeTransport, event: dict[str, Any]) -> list[AudioFrame | ClientEvent]:
+    if t._response is not None:
+        t._response.cancel_reason = "client_cancelled"
     return [ClientEvent("interrupt")]
 
 
 @on("conversation.item.truncate")
 async def _truncate(t: RealtimeTransport, event: dict[str, Any]) -> list[AudioFrame | ClientEvent]:
     end_ms = event.get("audio_end_ms")
-    if not isinstance(end_ms, int) or end_ms < 0:
+    if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
         raise RealtimeError("audio_end_ms must be a non-negative integer", "invalid_value", "audio_end_ms")
     item_id = str(event.get("item_id", ""))
     await t._send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0,

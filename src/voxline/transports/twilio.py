@@ -12,17 +12,20 @@ echoes the pending marks at once, which we ignore as they belong to a cleared re
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -33,6 +36,7 @@ from voxline.transports.base import ClientEvent
 log = logging.getLogger(__name__)
 
 TWILIO_RATE = 8000
+CLOSE_POLICY = 1008
 
 
 def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
@@ -56,14 +60,10 @@ async def voice_webhook(request: Request, auth_token: str | None, stream_path: s
     """Answer the call webhook with TwiML that connects the call to our media stream (403 on a bad signature)."""
     form = await request.form()
     params = {k: str(v) for k, v in form.items()}
-    if auth_token:
-        proto = request.headers.get("x-forwarded-proto", request.url.scheme)
-        url = str(request.url.replace(scheme=proto))
-        if not valid_signature(auth_token, url, params, request.headers.get("x-twilio-signature", "")):
-            return Response("invalid X-Twilio-Signature", status_code=403)
-    host = request.headers.get("x-forwarded-host", request.url.netloc)
-    ws_scheme = "wss" if request.headers.get("x-forwarded-proto", request.url.scheme) == "https" else "ws"
-    stream_url = f"{ws_scheme}://{host}{stream_path}"
+    url = public_url(request)
+    if auth_token and not valid_signature(auth_token, str(url), params, request.headers.get("x-twilio-signature", "")):
+        return Response("invalid X-Twilio-Signature", status_code=403)
+    stream_url = f"{'wss' if url.scheme == 'https' else 'ws'}://{url.netloc}{stream_path}"
     twiml = ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Connect>'
              f"<Stream url={quoteattr(stream_url)}>"
              f'<Parameter name="callSid" value={quoteattr(params.get("CallSid", ""))}/>'
@@ -71,11 +71,20 @@ async def voice_webhook(request: Request, auth_token: str | None, stream_path: s
     return Response(twiml, media_type="application/xml")
 
 
+def public_url(request: Request) -> URL:
+    """The URL Twilio requested, which is what it signs: behind a proxy, the scheme and host the proxy forwards
+    (the first of each, for a chain of proxies); the stream URL in the TwiML is built on the same host."""
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip() or request.url.scheme
+    host = request.headers.get("x-forwarded-host", "").split(",")[0].strip() or request.url.netloc
+    return request.url.replace(scheme=proto, netloc=host)
+
+
 class TwilioTransport:
     """One phone call on a Twilio bidirectional media stream."""
 
-    def __init__(self, ws: WebSocket, mark_every_s: float = 0.2) -> None:
+    def __init__(self, ws: WebSocket, mark_every_s: float = 0.2, start_timeout_s: float = 10.0) -> None:
         self.ws = ws
+        self.start_timeout_s = start_timeout_s
         self.stream_sid = ""
         self.call_sid = ""
         self.custom_parameters: dict[str, str] = {}
@@ -90,24 +99,32 @@ class TwilioTransport:
         return TWILIO_RATE
 
     async def start(self) -> bool:
-        """Accept, then read `connected` and `start`. False if the stream ends or is malformed before that."""
+        """Accept, then read `connected` and `start` (within `start_timeout_s`, else closed with a reason). False if
+        the stream ends, times out or has no `streamSid` before that."""
         await self.ws.accept()
         try:
-            while True:
-                msg = await self._next()
-                if msg is None:
-                    return False
-                if msg.get("event") == "start":
-                    start = msg.get("start") or {}
-                    self.stream_sid = str(msg.get("streamSid") or start.get("streamSid") or "")
-                    self.call_sid = str(start.get("callSid", ""))
-                    self.custom_parameters = dict(start.get("customParameters") or {})
-                    fmt = start.get("mediaFormat") or {}
-                    if fmt and (fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate", 0)) != 8000):
-                        log.warning("unexpected Twilio media format %s; expecting 8 kHz mu-law", fmt)
-                    return bool(self.stream_sid)
+            async with asyncio.timeout(self.start_timeout_s):
+                while (msg := await self._next()) is not None:
+                    if msg.get("event") == "start":
+                        return await self._read_start(msg)
+        except TimeoutError:
+            await self.close(CLOSE_POLICY, f"no start event within {self.start_timeout_s:g} s")
         except WebSocketDisconnect:
+            pass
+        return False
+
+    async def _read_start(self, msg: dict[str, Any]) -> bool:
+        start = _object(msg.get("start"))
+        self.stream_sid = str(msg.get("streamSid") or start.get("streamSid") or "")
+        self.call_sid = str(start.get("callSid") or "")
+        self.custom_parameters = {str(k): str(v) for k, v in _object(start.get("customParameters")).items()}
+        fmt = _object(start.get("mediaFormat"))
+        if fmt and (fmt.get("encoding") != "audio/x-mulaw" or str(fmt.get("sampleRate")) != str(TWILIO_RATE)):
+            log.warning("unexpected Twilio media format %.200r; expecting 8 kHz mu-law", fmt)
+        if not self.stream_sid:
+            await self.close(CLOSE_POLICY, "the start event has no streamSid")
             return False
+        return True
 
     async def _next(self) -> dict[str, Any] | None:
         message = await self.ws.receive()
@@ -121,34 +138,34 @@ class TwilioTransport:
         except ValueError:
             log.warning("ignoring malformed Twilio message %.80r", text)
             return {}
-        return payload if isinstance(payload, dict) else {}
+        if not isinstance(payload, dict):
+            log.warning("ignoring Twilio message that is not a JSON object: %.80r", text)
+            return {}
+        return payload
 
     async def receive(self) -> AsyncIterator[AudioFrame | ClientEvent]:
         try:
             while (msg := await self._next()) is not None:
                 event = msg.get("event")
                 if event == "media":
-                    media = msg.get("media") or {}
-                    if media.get("track", "inbound") not in ("inbound", "inbound_track"):
-                        continue
-                    try:
-                        payload = base64.b64decode(media.get("payload", ""), validate=True)
-                    except (binascii.Error, ValueError):
-                        log.warning("ignoring media with invalid base64 payload")
-                        continue
-                    stamp = float(media.get("timestamp") or 0) / 1000
-                    if payload:
-                        yield decode_mulaw(payload, TWILIO_RATE, timestamp=stamp)
+                    if (frame := _media_frame(msg.get("media"))) is not None:
+                        yield frame
                 elif event == "mark":
-                    played = self._played_from_mark(str((msg.get("mark") or {}).get("name", "")))
-                    if played is not None:
+                    name = _object(msg.get("mark")).get("name")
+                    if not isinstance(name, str):
+                        log.warning("ignoring mark without a name: %.80r", msg.get("mark"))
+                    elif (played := self._played_from_mark(name)) is not None:
                         yield ClientEvent("playback", {"played_ms": played})
                 elif event == "dtmf":
-                    digit = str((msg.get("dtmf") or {}).get("digit", ""))
-                    if digit:
+                    digit = _object(msg.get("dtmf")).get("digit")
+                    if isinstance(digit, str) and digit:
                         yield ClientEvent("dtmf", {"digit": digit})
+                    else:
+                        log.warning("ignoring dtmf without a digit: %.80r", msg.get("dtmf"))
                 elif event == "stop":
                     return
+                elif msg:
+                    log.debug("ignoring Twilio event %.40r", event)
         except WebSocketDisconnect:
             return
 
@@ -189,9 +206,35 @@ class TwilioTransport:
         if self.ws.application_state == WebSocketState.CONNECTED:
             await self.ws.send_text(json.dumps(message, separators=(",", ":")))
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
             try:
-                await self.ws.close()
+                await self.ws.close(code, reason)
             except RuntimeError:
                 pass
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A field that should hold a JSON object; anything else reads as empty, so a malformed message is skipped."""
+    return value if isinstance(value, dict) else {}
+
+
+def _media_frame(media: Any) -> AudioFrame | None:
+    """The caller's audio of one `media` message; None (logged) for another track or a malformed message."""
+    if not isinstance(media, dict):
+        log.warning("ignoring media message without a media object: %.80r", media)
+        return None
+    if media.get("track", "inbound") not in ("inbound", "inbound_track"):
+        return None
+    payload, timestamp = media.get("payload", ""), media.get("timestamp") or 0
+    try:
+        if not isinstance(payload, str) or isinstance(timestamp, bool):
+            raise TypeError
+        data = base64.b64decode(payload, validate=True)
+        stamp = float(timestamp) / 1000
+        if not math.isfinite(stamp):
+            raise ValueError
+    except (binascii.Error, ValueError, TypeError):
+        log.warning("ignoring malformed media message %.120r", media)
+        return None
+    return decode_mulaw(data, TWILIO_RATE, timestamp=stamp) if data else None

@@ -66,6 +66,15 @@ class WebSocketTransport:
         """Accept the socket and read the `session.start` message. False if the caller never sent a good one."""
         await self.ws.accept()
         self._writer = asyncio.create_task(self._write_loop())
+        started = False
+        try:
+            started = await self._read_start(session_id)
+        finally:
+            if not started:  # every failed start (a disconnect, a bad message, an exception) stops the writer
+                await self.close()
+        return started
+
+    async def _read_start(self, session_id: str) -> bool:
         try:
             message = await asyncio.wait_for(self.ws.receive(), self.limits.start_timeout_s)
             if message["type"] == "websocket.disconnect":
@@ -118,9 +127,10 @@ class WebSocketTransport:
                     try:
                         payload = self._parse_json(text)
                         kind = payload.get("type")
-                        if kind not in CLIENT_EVENTS:
+                        if not isinstance(kind, str) or kind not in CLIENT_EVENTS:
                             raise ProtocolViolation(CLOSE_POLICY, f"unknown event type {kind!r}; expected one of "
                                                                   f"{', '.join(sorted(CLIENT_EVENTS))}")
+                        _check_fields(kind, payload)
                     except ProtocolViolation as exc:
                         await self.send_event({"type": "error", "code": "bad_event", "message": exc.reason})
                         continue
@@ -199,6 +209,15 @@ def _rate(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 8000 <= value <= 48000:
         raise ProtocolViolation(CLOSE_POLICY, f"{name} must be an integer between 8000 and 48000 Hz, got {value!r}")
     return value
+
+
+def _check_fields(kind: str, payload: dict[str, Any]) -> None:
+    """The session trusts the types of what it is given: a wrong one is the caller's error, not a crash."""
+    if kind == "text" and not isinstance(payload.get("text"), str):
+        raise ProtocolViolation(CLOSE_POLICY, f"\"text\" must be a string, got {payload.get('text')!r}")
+    played = payload.get("played_ms")
+    if kind == "playback" and (isinstance(played, bool) or not isinstance(played, int | float)):
+        raise ProtocolViolation(CLOSE_POLICY, f"\"played_ms\" must be a number, got {played!r}")
 
 
 def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
