@@ -108,6 +108,26 @@ async def test_barge_in_keeps_only_the_words_heard(vad_stack: Stack) -> None:
     assert heard_words >= 3
 
 
+async def test_a_barge_in_decided_on_the_final_bills_the_new_turn_after_the_old_one_closed(vad_stack: Stack) -> None:
+    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25},
+                       stt={"texts": ["tell me the weather", "wait, what about tomorrow"], "interim_after_s": 60})
+
+    async def script(t: MemoryTransport) -> None:
+        end = await feed(t, utterance(1, 2.0))
+        end = await silence(t, 0.6, start=end)
+        await t.wait_for("agent_text", 10)
+        end = await silence(t, 1.0, start=end)
+        end = await feed(t, utterance(2, 1.5), start=end)  # no interims: the final decides the barge-in
+        await silence(t, 0.8, start=end)
+        await t.wait_for("interrupted", 10)
+        await asyncio.sleep(0.5)
+
+    _, t = await run_call(stack, config(), script)
+    kinds = [e["type"] + (f":{e['kind']}" if e["type"] == "usage" else "") for e in t.events]
+    # The new turn's STT usage comes after the interrupted reply's timeline, which closes the old turn's cost.
+    assert [i for i, k in enumerate(kinds) if k == "usage:stt"][1] > kinds.index("timeline")
+
+
 @pytest.mark.parametrize("said", ["mm-hm", "yeah", "the weather today will be sunny"])
 async def test_backchannel_and_echo_do_not_interrupt(vad_stack: Stack, said: str) -> None:
     stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.1},

@@ -319,13 +319,19 @@ class Session:
     def _answer(self, user: _UserTurn, text: str, draft: Draft | None) -> Draft | None:
         """Reply to the final transcript (or decide on a barge-in); returns `draft` if the reply took it over."""
         self.emit({"type": "transcript", "final": True, "text": text})
-        self.emit({"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
-                   "audio_seconds": round(user.audio_s, 3)})
+        usage = {"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
+                 "audio_seconds": round(user.audio_s, 3)}
         if self._agent_speaking() and self.auto_respond:  # (without: the client decides, e.g. response.cancel)
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
+                self.emit(usage)
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
                 return None
             self._interrupt()
+            # This turn's cost comes after the interrupted reply's timeline, which closes that turn's cost.
+            assert self._tasks is not None
+            self._tasks.create_task(self._emit_after([t for t in self._replies if not t.done()], usage))
+        else:
+            self.emit(usage)
         if is_no_speech(text):
             self.emit({"type": "ignored", "text": text, "reason": "no speech"})
             if user.audio_s >= NOT_UNDERSTOOD_AFTER_S and not self._agent_speaking():
@@ -615,6 +621,12 @@ class Session:
             self._configure(data)
         elif event.type == "dtmf":
             self.emit({"type": "dtmf", "digit": str(data.get("digit", ""))})
+
+    async def _emit_after(self, tasks: list[asyncio.Task[None]], event: dict[str, Any]) -> None:
+        cancelled = await _outlive(tasks)
+        self.emit(event)  # even at a hang-up: usage is money
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _respond_after(self, committed: list[asyncio.Task[None]]) -> None:
         await asyncio.wait(committed)
