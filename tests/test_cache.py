@@ -31,6 +31,7 @@ from voxline.cache import (
     normalize_text,
 )
 from voxline.errors import ProviderError
+from voxline.resilience import Fallback, Retrying, with_timeout
 
 RATE = 22050
 
@@ -223,6 +224,99 @@ async def test_failed_synthesis_fails_readers_and_stores_nothing(tmp_path: Path)
     assert len([f async for f in cached.synthesize("Broken.")]) == 3  # next time it is tried again
 
 
+@dataclass
+class PiperLike:
+    """Piper's cache identity without its model: a calibrated voice file and a private SynthesisConfig."""
+
+    name: str = "piper"
+    sample_rate: int = RATE
+    model: str = "en_US-joe-medium.onnx@calibrated"
+    length_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        from piper.config import SynthesisConfig
+
+        self._syn_config = SynthesisConfig(length_scale=self.length_scale)
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
+        yield audio(0, 0.1)
+
+
+def test_key_is_the_primary_providers_identity_behind_the_wrappers(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from voxline.providers.elevenlabs import ElevenLabsTTS
+    from voxline.providers.openai import OpenAITTS
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "xi-test")
+    disk = DiskCache(tmp_path)
+
+    def key(tts: object, voice: str | None = None) -> str:
+        return CachedTTS(tts, disk).key("Hello there.", voice)
+
+    old = key(with_timeout(OpenAITTS(model="tts-1", voice="alloy", speed=1.5), first_item=1))
+    assert old != key(with_timeout(OpenAITTS(model="gpt-4o-mini-tts", voice="nova"), first_item=1))
+    for change in (dict(model="tts-1-hd"), dict(voice="nova"), dict(speed=1.0), dict(response_format="wav"),
+                   dict(instructions="Speak warmly.")):
+        tts = OpenAITTS(**{"model": "tts-1", "voice": "alloy", "speed": 1.5, **change})
+        assert key(Retrying(with_timeout(tts, first_item=1))) != old, change
+    same = Retrying(with_timeout(OpenAITTS(model="tts-1", voice="alloy", speed=1.5), first_item=1))
+    assert key(same) == old == key(same, "alloy")  # no voice asked for: the provider's default voice
+    eleven = key(with_timeout(ElevenLabsTTS(), first_item=1))
+    assert eleven != key(with_timeout(ElevenLabsTTS(model_id="eleven_multilingual_v2"), first_item=1))
+    assert eleven != key(with_timeout(ElevenLabsTTS(voice_settings={"stability": 0.9}), first_item=1))
+    piper = key(with_timeout(PiperLike(), first_item=1))
+    assert piper == key(PiperLike())  # the wrappers do not change the audio
+    assert piper != key(PiperLike(length_scale=1.3))
+    assert piper != key(PiperLike(model="en_US-joe-medium.onnx"))  # audio from before the calibration stays apart
+
+
+@dataclass
+class FlakyTTS:
+    """Like SlowTTS, but only its first `failures` syntheses break after one frame; frames are filled with `value`."""
+
+    name: str = "flaky"
+    value: int = 111
+    failures: int = 0
+    sample_rate: int = RATE
+    calls: int = 0
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
+        self.calls += 1
+        for i in range(3):
+            if i == 1 and self.failures:
+                self.failures -= 1
+                raise ProviderError("dropped mid-stream", provider=self.name, retryable=True)
+            yield AudioFrame(np.full((4410, 1), self.value, np.int16), RATE)
+
+
+async def test_a_fallbacks_audio_is_not_stored_under_the_primarys_key(tmp_path: Path) -> None:
+    primary = FlakyTTS("elevenlabs", 111, failures=1)
+    chain = Fallback(with_timeout(primary, first_item=2), with_timeout(FlakyTTS("piper", 999), first_item=2))
+    cached = CachedTTS(chain, DiskCache(tmp_path))
+    first = [f async for f in cached.synthesize("Hello there.")]
+    assert first[0].samples[0, 0] == 111 and first[-1].samples[0, 0] == 999  # resumed on the fallback
+    await asyncio.sleep(0.05)
+    assert cached.cache.get_sync(cached.key("Hello there.")) is None
+    again = [f async for f in cached.synthesize("Hello there.")]  # the primary is back: its own voice
+    assert {f.samples[0, 0] for f in again} == {111} and primary.calls == 2
+    await asyncio.sleep(0.05)
+    hit = [f async for f in cached.synthesize("Hello there.")]
+    assert primary.calls == 2 and hit == [AudioFrame.concat(again)]  # whole, from the primary: stored
+
+
+async def test_a_resumed_synthesis_is_not_stored(tmp_path: Path) -> None:
+    tts = FlakyTTS(failures=1)
+    cached = CachedTTS(Retrying(with_timeout(tts, first_item=2), attempts=2, base_delay=0), DiskCache(tmp_path))
+    text = "A sentence that broke off in the middle and was resumed."
+    assert len([f async for f in cached.synthesize(text)]) >= 3
+    await asyncio.sleep(0.05)
+    assert tts.calls == 2 and cached.cache.get_sync(cached.key(text)) is None
+    [f async for f in cached.synthesize(text)]
+    await asyncio.sleep(0.05)
+    assert cached.cache.get_sync(cached.key(text)) is not None
+
+
 @pytest.mark.slow
 async def test_cached_piper_hit_is_identical_and_fast(tmp_path: Path, model_store) -> None:  # type: ignore[no-untyped-def]
     from voxline.providers.piper import PiperTTS
@@ -306,6 +400,40 @@ async def test_redis_down_turns_cache_off_with_one_warning(caplog: pytest.LogCap
     assert tts.calls == 5 and not cache.enabled
     warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "caching is off" in warnings[0].getMessage()
+    await cache.close()
+
+
+async def test_redis_entries_expire_and_a_full_redis_only_refuses_the_entry(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from voxline.agent.config import AgentConfig
+    from voxline.agent.stack import build_stack
+
+    config = AgentConfig.load(providers={"stt": "scripted", "llm": "scripted", "tts": "scripted"},
+                              turn={"detector": "energy"}, reliability={"fallback_phrases": False},
+                              cache={"backend": "redis", "redis_url": redis_url})
+    assert config.cache.ttl_s == 7 * 24 * 3600
+    stack = build_stack(config)
+    assert isinstance(stack.tts, CachedTTS)
+    cache = stack.tts.cache
+    assert isinstance(cache, RedisCache) and cache.ttl_s == config.cache.ttl_s
+    await cache.put("ef" * 32, audio(1))
+    assert 0 < await cache._client.ttl(cache.prefix + "ef" * 32) <= config.cache.ttl_s
+
+    admin = cache._client
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", 1)  # full: every SET is refused with an OOM error
+    try:
+        with caplog.at_level(logging.WARNING, logger="voxline.cache.redis"):
+            await cache.put("aa" * 32, audio(2))
+            await cache.put("bb" * 32, audio(3))
+        assert cache.enabled and cache.rejected == 2 and cache.outages == 0  # not down: just full
+        assert await cache.get("ef" * 32) == audio(1)  # hits still served
+        assert len([r for r in caplog.records if "full" in r.getMessage()]) == 1
+    finally:
+        await admin.config_set("maxmemory", 0)
+    assert await cache.get("aa" * 32) is None
+    await cache.put("aa" * 32, audio(2))
+    assert await cache.get("aa" * 32) == audio(2)
     await cache.close()
 
 

@@ -124,3 +124,74 @@ def test_cli() -> None:
     out = runner.invoke(main, ["cost", "recommend", "--latency-ms", "50", "--budget", "5",
                                "--hours-per-month", "200"])
     assert out.exit_code == 1 and "no stack meets" in out.output
+
+
+# ---- what a served stack is billed ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cloud_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ELEVENLABS_API_KEY", "DEEPGRAM_API_KEY"):
+        monkeypatch.setenv(env, "test-key")
+
+
+def _price_keys(**providers: object) -> dict[str, str | None]:
+    from voxline.agent.config import AgentConfig
+    from voxline.agent.stack import build_stack
+
+    config = AgentConfig.load(providers=providers, turn={"detector": "energy"}, cache={"enabled": False},
+                              reliability={"fallback_phrases": False})
+    return build_stack(config).price_keys
+
+
+def test_price_keys_follow_the_configured_model(cloud_keys: None, caplog: pytest.LogCaptureFixture) -> None:
+    keys = _price_keys(stt="deepgram", llm="openai", tts="elevenlabs",
+                       options={"openai": {"model": "gpt-4o"}, "elevenlabs": {"model_id": "eleven_multilingual_v2"}})
+    assert keys == {"stt": "deepgram/nova-3", "llm": "openai/gpt-4o", "tts": "elevenlabs/multilingual-v2"}
+    defaults = _price_keys(stt="openai", llm="anthropic", tts="openai")  # the providers' own default models
+    assert defaults == {"stt": "openai/gpt-4o-mini-transcribe", "llm": "anthropic/claude-haiku-4-5",
+                        "tts": "openai/gpt-4o-mini-tts"}
+    assert _price_keys(stt="scripted", llm="anthropic", tts="elevenlabs",
+                       options={"anthropic": {"model": "claude-3-5-haiku-20241022"}}) == {
+        "stt": None, "llm": "anthropic/claude-3-5-haiku", "tts": "elevenlabs/flash-v2.5"}
+    with caplog.at_level("WARNING", logger="voxline.agent.stack"):
+        unpriced = _price_keys(stt="scripted", llm="anthropic", tts="scripted",
+                               options={"anthropic": {"model": "claude-nonexistent-9"}})
+    assert unpriced == {"stt": None, "llm": None, "tts": None}
+    warnings = [r.getMessage() for r in caplog.records if "price" in r.getMessage()]
+    assert len(warnings) == 1 and "anthropic/claude-nonexistent-9" in warnings[0]
+    prices = PriceTable.load()
+    meter = CostMeter(prices, **keys)
+    meter({"type": "usage", "kind": "llm", "input_tokens": 1_000_000, "output_tokens": 0})
+    assert meter.current.llm == Decimal("2.5")  # gpt-4o, not gpt-4o-mini
+
+
+async def test_a_sentence_the_tts_cache_serves_is_not_billed(tmp_path: Path) -> None:
+    import asyncio
+
+    from voxline.agent.config import AgentConfig
+    from voxline.agent.session import Session
+    from voxline.agent.stack import scripted_stack
+    from voxline.cache import CachedTTS, DiskCache
+    from voxline.transports.base import ClientEvent
+    from voxline.transports.memory import MemoryTransport
+
+    stack = scripted_stack(vad=False)
+    stack.tts = CachedTTS(stack.tts, DiskCache(tmp_path))
+    meter = CostMeter(PriceTable.load(), tts="openai/tts-1")
+    transport = MemoryTransport()
+    session = Session(stack, AgentConfig.load(turn={"detector": "energy"}), transport, observers=(meter,))
+    async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        tg.create_task(session.run())
+        for question in ("what time is it", "what time is it now"):  # the same reply twice
+            transport.events.clear()
+            await transport.push(ClientEvent("text", {"text": question}))
+            await transport.wait_for("agent_done", 10)
+            await asyncio.sleep(0.1)  # the first reply's sentences are written to the cache
+        transport.hangup()
+    sentences = ["It is ten past four.", "Anything else?"]
+    assert session.conversation.messages[-1].content == " ".join(sentences)
+    assert [e["result"] for e in transport.events if e["type"] == "tts_cache"] == ["hit", "hit"]
+    spoken = sum(map(len, sentences))  # billed once: the second reply's characters are credited back
+    assert meter.current.usage["tts_characters"] == spoken
+    assert meter.current.tts == Decimal(15) * spoken / 1_000_000

@@ -60,6 +60,19 @@ def test_duplicates_names_and_missing_files(library: VoiceLibrary, tmp_path: Pat
     assert "cy" not in library
 
 
+def test_names_of_the_librarys_own_files_are_refused(library: VoiceLibrary, tmp_path: Path) -> None:
+    sample = tmp_path / "ref.wav"
+    sample.write_bytes(b"RIFF")
+    library.add(VoiceProfile(name="ada", engine="piper"))
+    for bad in ("index.json", "index.lock", "INDEX.JSON", "Index.Lock"):
+        with pytest.raises(ConfigError, match="invalid voice name"):
+            library.add(VoiceProfile(name=bad, engine="xtts"), [sample])  # samples: a folder of that name
+        assert [p.name for p in library.list()] == ["ada"]  # the library still works
+    assert library.index_path.is_file() and (library.root / "index.lock").is_file()
+    library.add(VoiceProfile(name="index.json.bak", engine="piper"))  # only the exact names clash
+    assert [p.name for p in library.list()] == ["ada", "index.json.bak"]
+
+
 def test_resolve_checks_local_models(library: VoiceLibrary, tmp_path: Path) -> None:
     model = tmp_path / "v.onnx"
     model.write_bytes(b"x")

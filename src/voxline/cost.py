@@ -42,7 +42,8 @@ def _d(value: Any, where: str) -> Decimal:
 
 @dataclass(frozen=True)
 class PriceTable:
-    """The parsed `prices.yaml`: prices per kind and key ("vendor/model"), local machine, workloads, stacks."""
+    """The parsed `prices.yaml`: prices per kind and key ("vendor/model", plus other ids of that model in an entry's
+    `models`), local machine, workloads, stacks."""
 
     raw: dict[str, Any]
     source: str = "prices.yaml"
@@ -81,10 +82,22 @@ class PriceTable:
         item = items[key]
         if not isinstance(item, dict):
             raise ConfigError(f"price entry {kind}.{key} must be a mapping")
+        models = item.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"price entry {kind}.{key}: `models` must be a list of model ids")
         for name, value in item.items():
             if name.endswith(("_per_min", "_per_mtok", "per_mchar")) or name in ("rtf", "latency_ms"):
                 _d(value, f"{kind}.{key}.{name}")
         return item
+
+    def key_for(self, kind: str, vendor: str, model: str) -> str | None:
+        """The entry that prices `vendor`'s `model`: "vendor/model" itself, else a "vendor/..." entry listing the model
+        id under `models`; None when the table has no price for it."""
+        items = self.raw.get(kind, {})
+        if f"{vendor}/{model}" in items:
+            return f"{vendor}/{model}"
+        return next((key for key, item in items.items() if key.startswith(f"{vendor}/") and isinstance(item, dict)
+                     and model in item.get("models", [])), None)
 
     def is_local(self, kind: str, key: str) -> bool:
         return bool(self.entry(kind, key).get("local"))

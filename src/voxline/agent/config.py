@@ -68,6 +68,8 @@ class CacheSection(_Section):
     """Disk cache folder; empty = the XDG cache dir (voxline/tts)."""
     max_mb: int = Field(512, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: int = Field(7 * 24 * 3600, ge=0)
+    """Lifetime of a Redis entry (0: until Redis evicts it), so a shared Redis does not fill up with old sentences."""
 
 
 class RecordsSection(_Section):

@@ -18,6 +18,7 @@ from typing import Any, cast
 from voxline.agent.config import AgentConfig, ReliabilitySection
 from voxline.agent.tools import BUILTIN_TOOLS, ToolBox
 from voxline.agent.turns import TurnDetector, TurnOptions, make_turn_detector
+from voxline.cost import PriceTable
 from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
 from voxline.observe import report
@@ -41,12 +42,11 @@ TTS_PROVIDERS = {"piper": ("voxline.providers.piper", "PiperTTS"),
                  "openai": ("voxline.providers.openai", "OpenAITTS"),
                  "scripted": ("voxline.providers.scripted", "ScriptedTTS")}
 LOCAL = {"whisper", "llama", "piper"}
-# provider name -> entry of the price table (prices.yaml), for cost metering
-PRICE_KEYS = {("stt", "whisper"): "local/whisper-base", ("stt", "deepgram"): "deepgram/nova-3",
-              ("stt", "openai"): "openai/whisper-1", ("llm", "llama"): "local/smollm2-135m",
-              ("llm", "openai"): "openai/gpt-4o-mini", ("llm", "anthropic"): "anthropic/claude-3-5-haiku",
-              ("tts", "piper"): "local/piper-joe", ("tts", "elevenlabs"): "elevenlabs/flash-v2.5",
-              ("tts", "openai"): "openai/tts-1"}
+# local provider -> its entry of the price table (prices.yaml): nothing per use, whatever the model; the machine
+# is charged by time. A cloud provider is priced by its name and the model it was built with (`price_key`).
+LOCAL_PRICE_KEYS = {("stt", "whisper"): "local/whisper-base", ("llm", "llama"): "local/smollm2-135m",
+                    ("tts", "piper"): "local/piper-joe"}
+UNBILLED = {"scripted"}
 
 
 class ProviderEvents(list[dict[str, Any]]):
@@ -117,24 +117,44 @@ def _construct(kind: str, table: dict[str, tuple[str, str]], name: str, options:
 
 
 def _resilient(kind: str, table: dict[str, tuple[str, str]], names: list[str], config: AgentConfig,
-               store: ModelStore, observer: Callable[[dict[str, Any]], None]) -> Any:
-    """Primary provider and fallbacks, each behind a timeout and retries; a breaker and a chain when several."""
+               store: ModelStore, observer: Callable[[dict[str, Any]], None]) -> tuple[Any, Any]:
+    """Primary provider and fallbacks, each behind a timeout and retries; a breaker and a chain when several. Also
+    the bare primary provider (what a call costs is its model's price)."""
     rel: ReliabilitySection = config.reliability
     limit = {"stt": rel.stt_final_timeout_s, "llm": rel.llm_first_token_timeout_s,
              "tts": rel.tts_first_audio_timeout_s}[kind]
-    chain = []
+    chain, bare = [], []
     for name in names:
         options = dict(config.providers.options.get(name, {}))
         if name == "llama":  # every reply starts with the system prompt: evaluate it at load, not in the first reply
             options.setdefault("warm_prompt", config.agent.system_prompt)
         provider = _construct(kind.upper(), table, name, options, store)
+        bare.append(provider)
         wrapped: Any = with_timeout(provider, first_item=limit, observer=observer)
         if rel.retries and name not in LOCAL:  # a local model does not recover by being asked again
             wrapped = Retrying(wrapped, attempts=rel.retries + 1, observer=observer)
         if len(names) > 1:
             wrapped = CircuitBreaker(wrapped, observer=observer)
         chain.append(wrapped)
-    return chain[0] if len(chain) == 1 else Fallback(*chain, observer=observer)
+    return (chain[0] if len(chain) == 1 else Fallback(*chain, observer=observer)), bare[0]
+
+
+def price_key(kind: str, name: str, provider: Any, prices: PriceTable) -> str | None:
+    """The price-table entry of a primary provider: its vendor and actual model (`model`, or ElevenLabs' `model_id`);
+    None, with a warning, when the table does not price that model (its use is then not billed)."""
+    if name in UNBILLED:
+        return None
+    if (kind, name) in LOCAL_PRICE_KEYS:
+        wanted = LOCAL_PRICE_KEYS[kind, name]
+        key = wanted if wanted in prices.raw.get(kind, {}) else None
+    else:
+        model = str(getattr(provider, "model", None) or getattr(provider, "model_id", None) or "")
+        wanted = f"{name}/{model}"
+        key = prices.key_for(kind, name, model)
+    if key is None:
+        log.warning("no %s price for %s in %s: its use is not billed (add it to a price table, [cost] prices)",
+                    kind.upper(), wanted, prices.source)
+    return key
 
 
 def _cached(tts: TTS, config: AgentConfig) -> TTS:
@@ -146,13 +166,13 @@ def _cached(tts: TTS, config: AgentConfig) -> TTS:
     if config.cache.backend == "redis":
         from voxline.cache.redis import RedisCache
 
-        backend = RedisCache(config.cache.redis_url)
+        backend = RedisCache(config.cache.redis_url, ttl_s=config.cache.ttl_s or None)
     else:
         from voxline.cache.disk import DiskCache
 
         backend = DiskCache(Path(config.cache.directory) if config.cache.directory else None,
                             max_bytes=config.cache.max_mb * 1024 * 1024)
-    return cast(TTS, CachedTTS(tts, backend))
+    return cast(TTS, CachedTTS(tts, backend))  # its hits reach the session's cost meter via `report`
 
 
 def _tools(names: list[str]) -> ToolBox | None:
@@ -168,15 +188,16 @@ def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
     store = store or ModelStore()
     configure_openmp()  # read when each native library loads: before the first provider is built
     p = config.providers
+    prices = PriceTable.load(config.cost.prices or None)
     events = ProviderEvents()
-    stack = Stack(stt=_resilient("stt", STT_PROVIDERS, [p.stt, *p.stt_fallback], config, store, events),
-                  llm=_resilient("llm", LLM_PROVIDERS, [p.llm, *p.llm_fallback], config, store, events),
-                  tts=_cached(_resilient("tts", TTS_PROVIDERS, [p.tts, *p.tts_fallback], config, store, events),
-                              config),
-                  provider_events=events)
+    stt, stt_primary = _resilient("stt", STT_PROVIDERS, [p.stt, *p.stt_fallback], config, store, events)
+    llm, llm_primary = _resilient("llm", LLM_PROVIDERS, [p.llm, *p.llm_fallback], config, store, events)
+    tts, tts_primary = _resilient("tts", TTS_PROVIDERS, [p.tts, *p.tts_fallback], config, store, events)
+    stack = Stack(stt=stt, llm=llm, tts=_cached(tts, config), provider_events=events)
     stack.tools = _tools(config.agent.tools)
-    stack.price_keys = {kind: PRICE_KEYS.get((kind, name)) for kind, name in (("stt", p.stt), ("llm", p.llm),
-                                                                            ("tts", p.tts))}
+    stack.price_keys = {kind: price_key(kind, name, primary, prices)
+                        for kind, name, primary in (("stt", p.stt, stt_primary), ("llm", p.llm, llm_primary),
+                                                    ("tts", p.tts, tts_primary))}
     if config.reliability.fallback_phrases:
         stack.phrases = FallbackPhrases(stack.tts, voice=p.voice or None, observer=events)
     detector = config.turn.detector

@@ -1,7 +1,9 @@
 """TTS cache entries in Redis, shared by several workers (and machines).
 
-Same blobs and keys as the disk cache, under `prefix`; `SET NX` makes entries write-once, an optional TTL bounds
-their age, and Redis's own `maxmemory-policy allkeys-lru` does the eviction. Calls are bounded by a short socket
+Same blobs and keys as the disk cache, under `prefix`; `SET NX` makes entries write-once, a TTL (`ttl_s`, the agent
+config's `[cache] ttl_s`, 7 days by default) bounds their age, and Redis's own `maxmemory` with
+`maxmemory-policy allkeys-lru` bounds their size. A Redis that is full and evicts nothing answers a SET with an
+OOM error: that entry is just not stored (one warning), the cache stays on. Calls are bounded by a short socket
 timeout. When Redis is unreachable the cache turns itself off with one warning: gets are misses and puts are
 dropped, so the TTS keeps serving; it tries Redis again every `retry_after_s` and logs once when it is back.
 The client is the `redis` package (`redis.asyncio`), imported when a `RedisCache` is made.
@@ -20,6 +22,11 @@ from voxline.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """An OOM error reply (redis-py's `OutOfMemoryError`, or any client's "OOM ..." `ResponseError`)."""
+    return type(exc).__name__ == "OutOfMemoryError" or str(exc).startswith("OOM ")
+
+
 class RedisCache:
     name = "redis"
 
@@ -33,12 +40,15 @@ class RedisCache:
                 raise ConfigError("the Redis TTS cache needs the `redis` package: pip install 'redis>=5'") from exc
             client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                              retry_on_timeout=False)
-        self.url, self.prefix, self.ttl_s = url, prefix, ttl_s
+        self.url, self.prefix = url, prefix
+        self.ttl_s = ttl_s if ttl_s is not None and ttl_s > 0 else None  # Redis refuses EX 0
         self.retry_after_s = retry_after_s
         self._client = client
         self.enabled = True
         self._down_since: float | None = None
         self.outages = 0
+        self.rejected = 0
+        """Entries Redis refused to store because it was out of memory."""
 
     def _usable(self) -> bool:
         if self.enabled:
@@ -86,8 +96,13 @@ class RedisCache:
         try:
             await self._client.set(self.prefix + key, encode_entry(audio), nx=True, ex=self.ttl_s)
         except Exception as exc:
-            self._failed(exc)
-            return
+            if not _out_of_memory(exc):
+                self._failed(exc)
+                return
+            self.rejected += 1  # full, not down: gets still work, and later puts may fit after evictions
+            if self.rejected == 1:
+                log.warning("Redis TTS cache at %s is full (%s); new entries are not stored: set maxmemory-policy "
+                            "allkeys-lru, or a shorter [cache] ttl_s", self.url, exc)
         self._ok()
 
     async def close(self) -> None:

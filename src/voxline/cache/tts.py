@@ -5,7 +5,13 @@ every caller asking for the same key meanwhile streams from it: the frames alrea
 frame as it comes (the model is home-assistant's `TTSCache`). When the synthesis completes, the joined audio is
 written to the backend (best-effort) and the in-flight entry dropped. When every reader of an unfinished entry
 has gone (barge-in), its synthesis is cancelled and nothing is stored: a 2-core machine should not finish a
-sentence nobody will hear. A failed synthesis fails its readers and stores nothing.
+sentence nobody will hear. A failed synthesis fails its readers and stores nothing, and so does one that the
+reliability wrappers had to rescue (a retry, a resume after a mid-stream failure, a fallback provider): its audio
+is not, or not all, what the primary provider says for that text, so it must not be replayed under its key.
+
+The key is built from the innermost primary provider behind the wrappers (`Timeout`, `Retrying`, `Fallback`...):
+its name, default voice and everything else that shapes its audio (model, speed, voice settings, output format).
+Each request is reported to the session it serves (`voxline.observe.report`), whose `CostMeter` credits hits.
 
 Hit ratio and bytes saved are Prometheus metrics in the `CollectorRegistry` given (a private one otherwise).
 """
@@ -13,6 +19,9 @@ Hit ratio and bytes saved are Prometheus metrics in the `CollectorRegistry` give
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,11 +31,56 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from voxline.audio.frame import AudioFrame
 from voxline.cache import CacheBackend, cache_key, normalize_text
+from voxline.observe import report
 from voxline.providers.base import TTS
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[dict[str, Any]], None]
+
+# Provider attributes that change the audio for the same text and voice (OpenAI: model, speed, instructions,
+# response_format; ElevenLabs: model_id, voice_settings, output_format; Piper: "<voice file>@calibrated").
+SHAPING_ATTRS = ("model", "model_id", "speed", "instructions", "response_format", "output_format", "voice_settings",
+                 "language")
+VOICE_ATTRS = ("voice", "voice_id")  # the default voice, used when a request names none
+
+
+def primary_path(tts: Any) -> list[Any]:
+    """The reliability wrappers from `tts` inwards to its primary provider (each wrapper's first provider), then
+    that provider itself."""
+    path = [tts]
+    while isinstance(providers := getattr(path[-1], "providers", None), tuple) and providers:
+        path.append(providers[0])
+    return path
+
+
+def default_voice(provider: Any) -> str:
+    return next((str(v) for a in VOICE_ATTRS if (v := getattr(provider, a, None))), "")
+
+
+def identity(provider: Any) -> dict[str, Any]:
+    """What shapes `provider`'s audio besides text and voice, for the cache key (JSON-able)."""
+    out: dict[str, Any] = {a: v for a in SHAPING_ATTRS if (v := getattr(provider, a, None)) is not None}
+    # Piper keeps length_scale, noise, volume and speaker in a private SynthesisConfig (no public attribute)
+    config = getattr(provider, "_syn_config", None)
+    if config is not None and dataclasses.is_dataclass(config) and not isinstance(config, type):
+        out["synthesis"] = dataclasses.asdict(config)
+    inner = getattr(provider, "tts", None)  # a TTS transforming another one's audio (MatchedVoiceTTS)
+    if inner is not None and callable(getattr(inner, "synthesize", None)):
+        out["of"] = {"name": str(getattr(inner, "name", "")), "voice": default_voice(inner), **identity(inner)}
+    return out
+
+
+def _failures(path: list[Any]) -> tuple[int, ...]:
+    """Failures each wrapper on the primary path has booked against its first provider so far. They only grow, and
+    every retry, resume or fallback books one first, so an unchanged tuple means no rescue happened meanwhile
+    (a concurrent call's failure also changes it: that entry is then not stored, which is only a missed chance)."""
+    counts = []
+    for wrapper, inner in itertools.pairwise(path):
+        health = getattr(wrapper, "health", None)
+        snap = health().get(str(getattr(inner, "name", type(inner).__name__)), {}) if callable(health) else {}
+        counts.append(int(snap.get("failures", 0)))
+    return tuple(counts)
 
 
 class CacheMetrics:
@@ -83,34 +137,45 @@ class _Entry:
 
 
 class CachedTTS:
-    """`tts` behind `cache`. `model` names the voice model for the key (default: `tts.model` if it has one)."""
+    """`tts` (a provider, or one behind reliability wrappers) behind `cache`. `model` names the voice model for the
+    key in place of the primary provider's own `model`. `observer` gets each request's `tts_cache` event, as the
+    session served does (through `voxline.observe.report`: so not that session's own observer, which would then
+    credit each hit twice)."""
 
     def __init__(self, tts: TTS, cache: CacheBackend, *, model: str | None = None, max_chars: int = 1000,
                  registry: CollectorRegistry | None = None, observer: Observer | None = None) -> None:
         self.tts, self.cache = tts, cache
         self.name = tts.name
         self.sample_rate = tts.sample_rate
-        self.model = model if model is not None else str(getattr(tts, "model", ""))
+        self._path = primary_path(tts)
+        primary = self._path[-1]
+        self.provider = str(getattr(primary, "name", tts.name))
+        self.default_voice = default_voice(primary)
+        shape = identity(primary)
+        if model is not None:
+            shape["model"] = model
+        self.model = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
         self.max_chars = max_chars
         self.metrics = CacheMetrics(registry, cache.name)
         self.observer = observer
         self._inflight: dict[str, _Entry] = {}
 
     def key(self, text: str, voice: str | None = None) -> str:
-        return cache_key(text, provider=self.tts.name, voice=voice or "", model=self.model,
+        return cache_key(text, provider=self.provider, voice=voice or self.default_voice, model=self.model,
                          sample_rate=self.sample_rate)
 
     def stats(self) -> dict[str, Any]:
         return {**self.metrics.counts, "hit_ratio": round(self.metrics.ratio, 4), "in_flight": len(self._inflight)}
 
     def _emit(self, result: str, text: str, seconds: float) -> None:
-        if self.observer is not None:
-            try:
-                self.observer({"type": "tts_cache", "result": result, "hit": result != "miss",
-                               "characters": len(text), "provider": self.tts.name,
-                               "lookup_ms": round(seconds * 1000, 3)})
-            except Exception:
-                log.exception("cache observer failed")
+        event = {"type": "tts_cache", "result": result, "hit": result != "miss", "characters": len(text),
+                 "provider": self.tts.name, "lookup_ms": round(seconds * 1000, 3)}
+        for send in (self.observer, report):  # report: the session served, whose cost meter credits a hit
+            if send is not None:
+                try:
+                    send(dict(event))
+                except Exception:
+                    log.exception("cache observer failed")
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
         norm = normalize_text(text) if isinstance(text, str) else ""
@@ -168,6 +233,7 @@ class CachedTTS:
                 entry.task.cancel()
 
     async def _produce(self, key: str, entry: _Entry, text: str, voice: str | None) -> None:
+        failures = _failures(self._path)
         try:
             async for frame in self.tts.synthesize(text, voice=voice):
                 entry.push(frame if frame.sample_rate == self.sample_rate else frame.resample(self.sample_rate))
@@ -183,7 +249,9 @@ class CachedTTS:
             return
         entry.finish()
         try:
-            if entry.frames:
+            if _failures(self._path) != failures:
+                log.debug("not caching %r: the reliability wrappers retried, resumed or fell back", text[:40])
+            elif entry.frames:
                 audio = AudioFrame.concat(entry.frames) if len(entry.frames) > 1 else entry.frames[0]
                 await self.cache.put(key, audio)
         except Exception:  # the cache is best-effort; the caller already has its audio

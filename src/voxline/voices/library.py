@@ -34,6 +34,9 @@ Engine = Literal["piper", "elevenlabs", "xtts", "matched"]
 ENGINES: tuple[str, ...] = ("piper", "elevenlabs", "xtts", "matched")
 INDEX_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The library's own files, beside the voices' folders: a voice of that name would turn one into a folder (compared
+# case-insensitively, for case-insensitive file systems).
+RESERVED_NAMES = frozenset({"index.json", "index.lock"})
 
 
 class VoiceNotFoundError(ConfigError):
@@ -74,6 +77,8 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"invalid voice name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
                           "starting with a letter or digit")
+    if name.casefold() in RESERVED_NAMES:
+        raise ConfigError(f"invalid voice name {name!r}: the library keeps its own {name.lower()} file there")
     return name
 
 
@@ -182,9 +187,10 @@ class VoiceLibrary:
             if name not in voices:
                 raise VoiceNotFoundError(f"no voice named {name!r} in {self.root}")
             profile = voices.pop(name)
-        folder = self.root / check_name(name)
-        if folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
+        if name.casefold() not in RESERVED_NAMES:  # an entry from before they were refused has no folder of its own
+            folder = self.root / check_name(name)
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
         return profile
 
     def sample_paths(self, profile: VoiceProfile) -> builtins.list[Path]:
