@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 
 import pytest
+import websockets
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
@@ -15,6 +17,7 @@ from voxline.fakes import FakeVendors, Fault
 from voxline.fakes.audio import encode_words
 from voxline.providers.base import STT, Transcript
 from voxline.providers.deepgram import DeepgramSTT
+from voxline.providers.http import ws_url
 
 KEY = "fake-key"
 WORDS: list[str | None] = ["one", "two", "three", "four", "five", None, "six", "seven", "eight", "nine"]
@@ -161,6 +164,44 @@ async def test_connection_reused_for_the_next_turn_and_prewarm(fakes: FakeVendor
     second = await run_turn(stt, encode_words(["three", None, "four"]))
     assert first[-1].text == "one two" and second[-1].text == "three four"
     assert fakes.deepgram.connections == 1
+    await stt.aclose()
+
+
+async def test_fake_answers_finalize_only_with_something_to_finalize(fakes: FakeVendors) -> None:
+    """Deepgram: the from_finalize result "is not guaranteed if there is no significant amount of audio data"."""
+    url = ws_url(fakes.url("deepgram")) + "/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Token {KEY}"}) as ws:
+        await ws.send(encode_words(["one", "two", None]).pcm())  # whole blocks: the pause ends the segment
+        while not json.loads(await ws.recv()).get("speech_final"):
+            pass
+        await ws.send(json.dumps({"type": "Finalize"}))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+        await ws.send(encode_words(["three"]).pcm()[:9600])  # 0.3 s buffered: something to finalize
+        await ws.send(json.dumps({"type": "Finalize"}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        assert answer["from_finalize"] and answer["is_final"]
+
+
+@pytest.mark.parametrize(("words", "within"), [(["one", "two", None], 0.15),  # all the audio is in the final
+                                               (["one", "two", None, None], 0.8)])  # silence after it: a grace
+async def test_final_without_from_finalize_needs_no_finalize_timeout(fakes: FakeVendors, words: list[str | None],
+                                                                     within: float) -> None:
+    """Nothing left to finalize: Deepgram may never answer the Finalize, and the turn must not wait 2 s for it."""
+    stt = make(fakes, finalize_timeout=2.0)
+    stream = stt.stream()
+    await stream.send(encode_words(words))
+    results = aiter(stream)
+    while not (await anext(results)).speech_final:  # Deepgram's own final segment, ended by the pause
+        pass
+    await asyncio.sleep(0.1)  # whatever Deepgram had to say about the rest has arrived
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await stream.finalize()
+    while not (final := await asyncio.wait_for(anext(results), 3)).is_final:
+        pass
+    assert final.text == "one two" and loop.time() - start < within
+    await stream.close()
     await stt.aclose()
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from voxline.audio.codecs import encode_audio
-from voxline.errors import AudioDecodeError, ConfigError
+from voxline.errors import AudioDecodeError, ConfigError, ProviderError
 from voxline.fakes import FakeVendors
 from voxline.fakes.audio import encode_words, tone
 from voxline.providers.deepgram import DeepgramSTT
@@ -18,6 +18,7 @@ from voxline.providers.elevenlabs import ElevenLabsTTS
 from voxline.providers.http import (
     MP3Decoder,
     Secret,
+    Timeouts,
     WavDecoder,
     audio_decoder,
     mask_key,
@@ -25,6 +26,7 @@ from voxline.providers.http import (
     redact,
     sse_events,
     status_error,
+    ws_connect,
 )
 from voxline.providers.openai import OpenAILLM
 
@@ -58,6 +60,28 @@ def test_status_errors(status: int, body: bytes, retryable: bool, words: str) ->
     err = status_error("vendor", status, body, {"retry-after": "4"})
     assert err.retryable is retryable and words in str(err) and err.provider == "vendor"
     assert err.retry_after == (4.0 if status == 429 else None)
+
+
+async def test_refused_websocket_handshake_keeps_retry_after_whatever_its_case() -> None:
+    """Header names are case-insensitive; the fakes' uvicorn lowercases them, a real server may not."""
+    assert status_error("vendor", 429, b"", {"Retry-After": "3"}).retry_after == 3.0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Type: application/json\r\n"
+                     b'Content-Length: 28\r\nConnection: close\r\n\r\n{"err_msg": "slow down you"}')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ProviderError) as info:
+            await ws_connect("vendor", f"ws://127.0.0.1:{port}/listen", {}, timeouts=Timeouts(connect=2.0))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert info.value.retryable and info.value.retry_after == 3.0 and "slow down" in str(info.value)
 
 
 async def test_sse_framing() -> None:

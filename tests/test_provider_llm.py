@@ -4,15 +4,19 @@ and every injected fault giving a clear `ProviderError` (or a retry)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from voxline.agent.tools import ToolBox, current_time
 from voxline.errors import ConfigError, ProviderError
 from voxline.fakes import FakeVendors, Fault
+from voxline.fakes.anthropic import message_events
+from voxline.fakes.openai import chat_events
 from voxline.providers.anthropic import AnthropicLLM
-from voxline.providers.base import LLMDelta, Message
+from voxline.providers.base import LLMDelta, Message, ToolCall
 from voxline.providers.openai import OpenAILLM
 from voxline.resilience import EventLog, Retrying
 
@@ -151,6 +155,79 @@ async def test_mid_stream_failures(fakes: FakeVendors, kind: str, fault: str, wo
             got.append(d.text)
     assert words in str(info.value) and info.value.retryable
     assert "".join(got).startswith("Hello!")  # the part before the failure did arrive
+
+
+class Body(httpx.AsyncByteStream):
+    """A canned streamed response body (what a server other than the fakes sends)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
+
+
+@pytest.mark.parametrize("index", [0, None])
+async def test_parallel_tool_calls_at_one_index_stay_apart(index: int | None) -> None:
+    """Ollama sends every parallel call at index 0 (older versions send none): a new id starts a new call."""
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]})}\n\n"
+
+    def call(cid: str, path: str) -> dict[str, Any]:
+        fragment = {"id": cid, "type": "function",
+                    "function": {"name": "file_write", "arguments": json.dumps({"filePath": path})}}
+        return {"tool_calls": [fragment if index is None else {**fragment, "index": index}]}
+
+    body = (chunk({"role": "assistant", "content": ""}) + chunk(call("call_a", "hello.py"))
+            + chunk(call("call_b", "world.py")) + chunk({}, "tool_calls") + "data: [DONE]\n\n")
+    llm = OpenAILLM(base_url="http://ollama.invalid/v1", api_key="", model="qwen3")
+    llm._client = httpx.AsyncClient(base_url=llm.base_url, transport=httpx.MockTransport(
+        lambda _: httpx.Response(200, stream=Body(body.encode()), headers={"content-type": "text/event-stream"})))
+    deltas = await collect(llm, tools=[{"name": "file_write", "parameters": {}}])
+    assert [d.tool_call for d in deltas if d.tool_call] == [ToolCall("call_a", "file_write", {"filePath": "hello.py"}),
+                                                           ToolCall("call_b", "file_write", {"filePath": "world.py"})]
+    await llm.aclose()
+
+
+def wire_events(kind: str, fakes: FakeVendors, tool: bool) -> list[str]:
+    """The events the fake will stream for HISTORY (to place a drop among them)."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1024,
+                            "stream_options": {"include_usage": True}, "tools": [{}] if tool else []}
+    return chat_events(fakes.openai, body) if kind == "openai" else message_events(fakes.anthropic, body)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("tool", [False, True])
+async def test_drop_after_the_finish_reason_is_a_complete_reply(fakes: FakeVendors, kind: str, tool: bool) -> None:
+    """OpenAI's finish_reason / Anthropic's message_delta stop_reason ends the reply: a drop before [DONE] or
+    message_stop loses nothing, so it must not be retried (that would repeat the tool call, or ask for more)."""
+    script = fakes.openai if kind == "openai" else fakes.anthropic
+    script.tool_call = ("current_time", {"timezone": "Europe/Paris"}) if tool else None
+    events = wire_events(kind, fakes, tool)
+    last = 2 if kind == "openai" else 1  # OpenAI: the usage chunk and [DONE]; Anthropic: message_stop
+    assert ("finish_reason" in events[-last - 1]) if kind == "openai" else ("stop_reason" in events[-2])
+    script.fail(Fault("drop", after=len(events) - last))
+    log = EventLog()
+    deltas = await collect(Retrying(make(kind, fakes), attempts=3, base_delay=0, observer=log),
+                           tools=ToolBox([current_time]).specs() if tool else ())
+    calls = [d.tool_call for d in deltas if d.tool_call]
+    assert len(calls) == (1 if tool else 0) and len(script.requests) == 1 and log.kinds() == []
+    if not tool:
+        assert text(deltas) == "Hello! How can I help you today?"
+
+
+async def test_anthropic_drop_after_a_tool_call_is_not_retried(fakes: FakeVendors) -> None:
+    """Dropped after the tool_use block but before its stop_reason: the call was given once and is not asked for
+    again (the tool would run twice); the reply fails instead."""
+    fakes.anthropic.tool_call = ("current_time", {"timezone": "Europe/Paris"})
+    fakes.anthropic.fail(Fault("drop", after=len(wire_events("anthropic", fakes, True)) - 2))
+    got: list[LLMDelta] = []
+    with pytest.raises(ProviderError, match="tool call") as info:
+        async for d in Retrying(make("anthropic", fakes), attempts=3, base_delay=0).stream(
+                HISTORY, tools=ToolBox([current_time]).specs()):
+            got.append(d)
+    assert len([d for d in got if d.tool_call]) == 1 and len(fakes.anthropic.requests) == 1
+    assert not info.value.retryable
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])

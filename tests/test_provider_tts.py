@@ -129,6 +129,36 @@ async def test_elevenlabs_rest_drop_and_slow_first_byte(fakes: FakeVendors) -> N
         [f async for f in eleven(fakes, first_byte_timeout=0.3).synthesize_stream(tokens(TEXT))]
 
 
+async def test_elevenlabs_text_source_failure_is_raised_at_once(fakes: FakeVendors) -> None:
+    """An LLM stream that breaks under synthesize_stream: its own error at once, not a "stalled" after idle 30 s."""
+    class LLMBroke(Exception):
+        pass
+
+    async def broken() -> AsyncIterator[str]:
+        yield "Hello there. "
+        await asyncio.sleep(0.2)  # the first sentence's audio arrives meanwhile
+        yield "How "
+        raise LLMBroke("openai stream ended before [DONE]")
+
+    got: list[AudioFrame] = []
+    start = asyncio.get_running_loop().time()
+    with pytest.raises(LLMBroke):
+        async for f in eleven(fakes).synthesize_stream(broken()):
+            got.append(f)
+    assert asyncio.get_running_loop().time() - start < 2.0 and got
+
+
+async def test_elevenlabs_first_byte_clock_starts_with_the_first_text(fakes: FakeVendors) -> None:
+    """A slow first token is the LLM's time, not ElevenLabs' first byte."""
+    async def slow_start() -> AsyncIterator[str]:
+        await asyncio.sleep(0.6)
+        async for t in tokens(TEXT):
+            yield t
+
+    frames = [f async for f in eleven(fakes, first_byte_timeout=0.3).synthesize_stream(slow_start())]
+    assert abs(total(frames) - len(TEXT) / 15) < 0.12
+
+
 async def test_elevenlabs_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="ELEVENLABS_API_KEY"):

@@ -15,7 +15,17 @@ import pytest
 
 from voxline.audio.frame import AudioFrame
 from voxline.errors import ProviderError
-from voxline.providers.base import LLM, STT, TTS, VAD, LLMDelta, Message, SpeculativeSTTStream, Transcript
+from voxline.providers.base import (
+    LLM,
+    STT,
+    TTS,
+    VAD,
+    LLMDelta,
+    Message,
+    SpeculativeSTTStream,
+    ToolCall,
+    Transcript,
+)
 from voxline.resilience import (
     CircuitBreaker,
     EventLog,
@@ -392,6 +402,35 @@ async def test_llm_continuation_that_restarts_is_deduplicated() -> None:
     llm = Fallback(FakeLLM(fault="drop", fault_after=3), backup)
     text = "".join([d.text async for d in llm.stream([Message("user", "time?")])])
     assert text.split() == "It is ten past four. Anything else?".split()
+
+
+@dataclass
+class BookingLLM:
+    """Says a word, asks for a booking, then its stream drops (before its end was seen)."""
+
+    name: str = "booking"
+    calls: int = 0
+
+    async def stream(self, messages: Sequence[Message], *, max_tokens: int | None = None,
+                     temperature: float | None = None, tools: Sequence[dict[str, Any]] = ()
+                     ) -> AsyncIterator[LLMDelta]:
+        self.calls += 1
+        yield LLMDelta(text="Booking. ")
+        yield LLMDelta(tool_call=ToolCall(f"call_{self.calls}", "book", {"seats": 2}))
+        raise ProviderError("socket closed mid-stream", provider=self.name, retryable=True)
+
+
+@pytest.mark.parametrize("wrap", ["retrying", "fallback"])
+async def test_llm_drop_after_a_tool_call_is_not_resumed(wrap: str) -> None:
+    """Resuming would yield the call again (the tool would run twice): the reply fails, non-retryable, instead."""
+    primary, backup = BookingLLM(), BookingLLM(name="backup")
+    llm = Retrying(primary, attempts=3, base_delay=0) if wrap == "retrying" else Fallback(primary, backup)
+    got: list[LLMDelta] = []
+    with pytest.raises(ProviderError, match="tool call") as info:
+        async for d in llm.stream([Message("user", "book two seats")]):
+            got.append(d)
+    assert [d.tool_call.id for d in got if d.tool_call] == ["call_1"]
+    assert not info.value.retryable and primary.calls == 1 and backup.calls == 0
 
 
 @pytest.mark.parametrize("fault", ["hang", "gone"])

@@ -20,7 +20,9 @@ What each wrapper bounds:
     never a gap (the estimate is also shaded down by 10%).
   * LLM: the reply *continues* on the next provider, which gets the partial reply as an assistant message and a
     request to go on from there; if it starts the reply over anyway, the repeated prefix is dropped. Restarting
-    would make the caller hear the start of the answer twice (it has usually been spoken already).
+    would make the caller hear the start of the answer twice (it has usually been spoken already). A reply that
+    broke off after a tool call is not continued (a second attempt would make the call again, and the tool would
+    run twice): it fails with a non-retryable `ProviderError`.
   * STT: the audio of the turn so far (bounded, `max_replay_s`) is replayed to the next provider's stream, and a
     pending `finalize()` is repeated.
   * VAD: the next provider's stream takes over (its state starts fresh).
@@ -275,7 +277,8 @@ class _Wrapper:
 
     def _llm_plan(self, messages: Sequence[Message], kwargs: dict[str, Any],
                   partial: str = "") -> tuple[Make, Resume | None]:
-        """How to produce a reply; after a failure, continue it with the partial reply as context."""
+        """How to produce a reply; after a failure, continue it with the partial reply as context (never after a
+        tool call: that fails the reply, non-retryable, so no wrapper asks for the call a second time)."""
 
         def make(p: Any) -> AsyncIterator[Any]:
             if not partial:
@@ -284,6 +287,10 @@ class _Wrapper:
             return _drop_repeat(p.stream(cont, **kwargs), partial)
 
         def resume(deltas: list[Any]) -> tuple[Make, Resume | None] | None:
+            calls = [d.tool_call.name for d in deltas if d.tool_call is not None]
+            if calls:  # another attempt would ask for the call again: the tool would run twice (a booking made twice)
+                raise ProviderError(f"{self.name}: the reply broke off after its tool call ({', '.join(calls)}); "
+                                    "not resumed, which would repeat the call", provider=self.name, retryable=False)
             said = partial + "".join(d.text for d in deltas)
             return self._llm_plan(messages, kwargs, said)
 

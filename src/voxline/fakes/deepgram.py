@@ -9,7 +9,8 @@ and NET-0001 after 10 s without audio or KeepAlive.
 
 Transcripts: each 0.4 s block of audio is one word, read from the audio itself (`voxline.fakes.audio`), or the next
 word of `DeepgramScript.transcript` when a test set one. A final segment every `final_every` words; a pause ends a
-segment with `speech_final` and, if asked, sends `UtteranceEnd`.
+segment with `speech_final` and, if asked, sends `UtteranceEnd`. Finalize gets its `from_finalize` result only when
+there is something to finalize (a word pending, or 0.1 s or more of audio buffered).
 """
 
 from __future__ import annotations
@@ -160,8 +161,13 @@ class _LiveSession:
         self.segment_start = self.t
 
     async def flush(self) -> None:
-        """Finalize: the partial block left is decoded too, then one final result marked from_finalize."""
-        if len(self.buffer) >= 0.1 * self.rate * 2 * self.channels:
+        """Finalize: the partial block left is decoded too, then one final result marked from_finalize; with no
+        word pending and under 0.1 s buffered, no answer at all, as Deepgram warns ("not guaranteed if there is no
+        significant amount of audio data to process", Finalize docs)."""
+        significant = len(self.buffer) >= 0.1 * self.rate * 2 * self.channels
+        if not significant and not self.pending:
+            return
+        if significant:
             block, self.buffer = self.buffer, b""
             samples = self._samples(block)
             start, self.t = self.t, self.t + samples.size / self.rate

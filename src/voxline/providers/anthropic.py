@@ -7,6 +7,7 @@ turn (consecutive results merged into one turn, as the API requires). The SSE st
 yielded at once, `input_json_delta` accumulated), `content_block_stop` (a finished tool_use becomes
 `LLMDelta(tool_call=...)`), `message_delta` (stop_reason, output tokens), `message_stop`; `ping` is ignored,
 `error` raises (overloaded_error / api_error retryable), unknown events are skipped as the versioning policy asks.
+A stream that ends before `message_stop` dropped mid-reply, unless the stop_reason had come: that reply is whole.
 Reference: docs.anthropic.com "Streaming Messages" and "Errors"; anthropic-sdk-python
 `src/anthropic/lib/streaming/_messages.py` (`accumulate_event`).
 """
@@ -97,41 +98,49 @@ class AnthropicLLM(HTTPProvider):
         blocks: dict[int, dict[str, Any]] = {}
         input_tokens: int | None = None
         output_tokens: int | None = None
-        stopped = False
+        stopped = False  # message_stop arrived, or message_delta's stop_reason did: the reply is whole
         async with self.open_stream("POST", "/v1/messages", json=body) as chunks:
-            async for event in sse_events(chunks):
-                data = loads(self.name, f"{event.event} event", event.data, self._secret)
-                kind = data.get("type", event.event)
-                if kind == "ping":
-                    continue
-                if kind == "error":
-                    raise self._stream_error(data.get("error") or {})
-                if kind == "message_start":
-                    usage = (data.get("message") or {}).get("usage") or {}
-                    input_tokens = usage.get("input_tokens")
-                elif kind == "content_block_start":
-                    block = data.get("content_block") or {}
-                    blocks[int(data.get("index", 0))] = {"type": block.get("type"), "id": block.get("id", ""),
-                                                         "name": block.get("name", ""), "json": ""}
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        yield LLMDelta(text=delta["text"])
-                    elif delta.get("type") == "input_json_delta":
-                        block = blocks.get(int(data.get("index", 0)))
-                        if block is None:
-                            raise malformed(self.name, "input_json_delta for a block that never started",
-                                            event.data, self._secret)
-                        block["json"] += delta.get("partial_json", "")
-                elif kind == "content_block_stop":
-                    block = blocks.pop(int(data.get("index", 0)), None)
-                    if block and block["type"] == "tool_use":
-                        yield LLMDelta(tool_call=self._tool_call(block))
-                elif kind == "message_delta":
-                    output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
-                elif kind == "message_stop":
-                    stopped = True
-                    break
+            try:
+                async for event in sse_events(chunks):
+                    data = loads(self.name, f"{event.event} event", event.data, self._secret)
+                    kind = data.get("type", event.event)
+                    if kind == "ping":
+                        continue
+                    if kind == "error":
+                        raise self._stream_error(data.get("error") or {})
+                    if kind == "message_start":
+                        usage = (data.get("message") or {}).get("usage") or {}
+                        input_tokens = usage.get("input_tokens")
+                    elif kind == "content_block_start":
+                        block = data.get("content_block") or {}
+                        blocks[int(data.get("index", 0))] = {"type": block.get("type"), "id": block.get("id", ""),
+                                                             "name": block.get("name", ""), "json": ""}
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield LLMDelta(text=delta["text"])
+                        elif delta.get("type") == "input_json_delta":
+                            block = blocks.get(int(data.get("index", 0)))
+                            if block is None:
+                                raise malformed(self.name, "input_json_delta for a block that never started",
+                                                event.data, self._secret)
+                            block["json"] += delta.get("partial_json", "")
+                    elif kind == "content_block_stop":
+                        block = blocks.pop(int(data.get("index", 0)), None)
+                        if block and block["type"] == "tool_use":
+                            yield LLMDelta(tool_call=self._tool_call(block))
+                    elif kind == "message_delta":
+                        output_tokens = (data.get("usage") or {}).get("output_tokens", output_tokens)
+                        if (data.get("delta") or {}).get("stop_reason"):
+                            stopped = True
+                    elif kind == "message_stop":
+                        stopped = True
+                        break
+            except ProviderError:
+                if not stopped:
+                    raise
+                # Dropped after the stop_reason, before message_stop: the reply is complete, and a retry would
+                # ask for a finished reply again (or repeat its tool calls).
         if not stopped:
             raise ProviderError(f"{self.name} stream ended before message_stop: the connection dropped mid-reply",
                                 provider=self.name, retryable=True)

@@ -7,7 +7,10 @@
 Mapping onto voxline's one-final-per-turn contract: Deepgram finalizes *segments* (`is_final`) as it goes; a
 voxline stream gathers them and emits interim `Transcript`s (finalized segments + the current interim) until the
 session calls `finalize()`, which sends `{"type": "Finalize"}`; the result marked `from_finalize` closes the turn
-with one `Transcript(is_final=True)`. (If none comes within `finalize_timeout`, what was gathered is the final.)
+with one `Transcript(is_final=True)`. Deepgram does not promise that result when it has no significant audio
+buffered, so the wait for it depends on what Deepgram already reported: none when its last result was a final
+segment covering all the audio sent, `finalize_grace` when only audio it said nothing about is left after that
+segment (silence: no interim came), `finalize_timeout` otherwise; then what was gathered is the final.
 `speech_final` (endpointing) and `UtteranceEnd` surface as interim transcripts with `speech_final=True`: the
 provider's own hint that the caller has finished.
 
@@ -122,8 +125,8 @@ class DeepgramSTT(HTTPProvider):
                  base_url: str | None = None, interim_results: bool = True, endpointing: int | bool = 300,
                  utterance_end_ms: int | None = 1000, smart_format: bool = True, vad_events: bool = True,
                  keepalive_s: float = 4.0, max_replay_s: float = 30.0, reconnect_attempts: int = 2,
-                 finalize_timeout: float = 2.0, warm_connections: int = 1, connect_timeout: float = 5.0,
-                 first_byte_timeout: float = 30.0, name: str = "deepgram") -> None:
+                 finalize_timeout: float = 2.0, finalize_grace: float = 0.3, warm_connections: int = 1,
+                 connect_timeout: float = 5.0, first_byte_timeout: float = 30.0, name: str = "deepgram") -> None:
         base = (base_url or os.environ.get("DEEPGRAM_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         secret = resolve_key(name, api_key, "DEEPGRAM_API_KEY", required=True)
         super().__init__(base_url=base, secret=secret, timeouts=Timeouts(connect_timeout, first_byte_timeout),
@@ -134,6 +137,7 @@ class DeepgramSTT(HTTPProvider):
         self.smart_format, self.vad_events = smart_format, vad_events
         self.keepalive_s, self.max_replay_s = keepalive_s, max_replay_s
         self.reconnect_attempts, self.finalize_timeout = reconnect_attempts, finalize_timeout
+        self.finalize_grace = min(finalize_grace, finalize_timeout)
         self.warm_connections = warm_connections
         self._pool: list[_Conn] = []
 
@@ -242,9 +246,12 @@ class DeepgramStream:
         self._offset = 0.0          # stream time = connection time + offset
         self._conn_start = 0.0      # connection time at which this stream's audio starts
         self._final_end = 0.0
+        self._heard_to = 0.0        # stream clock: end of the latest result (what Deepgram has reported on)
+        self._settled = False       # the latest result with words was a final segment: no speech pending
         self._segments: list[Segment] = []
         self._interim = ""
         self._finalizing = False
+        self._answered = False      # a result came since the Finalize: Deepgram is working on the turn
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
         self._clean = False
@@ -277,11 +284,18 @@ class DeepgramStream:
             if self._conn is None:  # nothing was said
                 self._out.put_nowait(Transcript("", is_final=True))
                 return
-            self._finalizing = True
+            wait = self._final_wait()
+            self._finalizing, self._answered = True, False
             with contextlib.suppress(ConnectionClosed):
                 await self._conn.send(json.dumps({"type": "Finalize"}))
-        if self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._finalize_fallback())
+        if not self._finalizing:
+            return  # the from_finalize result came already
+        if wait <= 0:
+            log.debug("%s: nothing buffered since the last final segment; final at once", self._stt.name)
+            self._emit_final()
+            self._clean = False  # a late from_finalize may still come on this socket: not for the next turn
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._finalize_fallback(wait))
 
     async def close(self) -> None:
         if self._closed:
@@ -424,7 +438,11 @@ class DeepgramStream:
             raise malformed(self._stt.name, "Results message", json.dumps(msg)[:200], self._stt._secret) from None
         if end <= self._conn_start + 1e-6 and not msg.get("from_finalize"):
             return  # a late result for an earlier turn on this reused connection
+        self._heard_to = max(self._heard_to, end + self._offset)
+        if self._finalizing:
+            self._answered = True
         if msg.get("is_final"):
+            self._settled = True
             if text:
                 self._segments.append(Segment(text, start + self._offset, end + self._offset,
                                               _words(alt, self._offset)))
@@ -438,6 +456,7 @@ class DeepgramStream:
                                             segments=tuple(self._segments), duration=self._sent_s))
         else:
             self._interim = text
+            self._settled = self._settled and not text
             self._out.put_nowait(Transcript(self._text(), is_final=False, segments=tuple(self._segments),
                                             duration=self._sent_s))
 
@@ -456,10 +475,24 @@ class DeepgramStream:
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
 
-    async def _finalize_fallback(self) -> None:
-        await asyncio.sleep(self._stt.finalize_timeout)
+    def _final_wait(self) -> float:
+        """How long to wait for the from_finalize result, which Deepgram does not promise when nothing significant
+        is buffered: no wait when its last result was a final segment covering all the audio sent; a short one when
+        only audio it reported nothing on is left after that segment (a word there would most likely have had an
+        interim already); the full `finalize_timeout` while words are pending or nothing was reported yet."""
+        stt = self._stt
+        if not self._settled or self._interim:
+            return stt.finalize_timeout
+        if self._sent_s - self._heard_to <= 0.02:
+            return 0.0
+        return stt.finalize_grace if stt.interim_results else stt.finalize_timeout
+
+    async def _finalize_fallback(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        if self._finalizing and self._answered and wait < self._stt.finalize_timeout:
+            await asyncio.sleep(self._stt.finalize_timeout - wait)  # Deepgram is still at it: give it the full time
         if self._finalizing:
             log.info("%s: no from_finalize result within %.1f s; using the transcript so far", self._stt.name,
-                     self._stt.finalize_timeout)
+                     self._stt.finalize_timeout if self._answered else wait)
             self._emit_final()
             self._clean = False

@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -233,20 +233,43 @@ class ElevenLabsTTS(HTTPProvider):
             self._warm_next(voice)
         ws = sock.ws
         decoder = audio_decoder(self.output_format)
-        sender = asyncio.create_task(self._send_text(ws, text))
-        audio_s = 0.0
+        loop = asyncio.get_running_loop()
+        text_sent_at: float | None = None
+        scope: asyncio.Timeout | None = None
         first = True
+
+        def text_sent() -> None:
+            # The first-byte clock starts with the first text: until then the wait is for the text source (an LLM
+            # thinking), which has limits of its own.
+            nonlocal text_sent_at
+            text_sent_at = loop.time()
+            if first and scope is not None:
+                scope.reschedule(text_sent_at + self.timeouts.first_byte)
+
+        sender = asyncio.create_task(self._send_text(ws, text, text_sent))
+        audio_s = 0.0
         try:
             while True:
+                if not first:
+                    deadline: float | None = loop.time() + self.timeouts.idle
+                else:
+                    deadline = None if text_sent_at is None else text_sent_at + self.timeouts.first_byte
                 try:
-                    async with asyncio.timeout(self.timeouts.first_byte if first else self.timeouts.idle):
-                        raw = await ws.recv()
+                    async with asyncio.timeout_at(deadline) as waiting:
+                        scope = waiting
+                        raw = await self._recv(ws, sender)
                 except TimeoutError as exc:
+                    if not waiting.expired():
+                        raise
                     raise transport_error(self.name, exc, phase="first byte" if first else "mid-stream") from None
                 except ConnectionClosed as exc:
-                    if sender.done() and not sender.cancelled() and sender.exception():
-                        raise sender.exception() from None  # type: ignore[misc]
+                    if sender.done() and not sender.cancelled():
+                        failure = sender.exception()
+                        if failure is not None and not isinstance(failure, ConnectionClosed):
+                            raise failure from None
                     raise self._closed_error(exc) from None
+                finally:
+                    scope = None
                 first = False
                 message = loads(self.name, "stream-input message", raw, self._secret)
                 if message.get("error") or (message.get("message") and "audio" not in message):
@@ -277,20 +300,49 @@ class ElevenLabsTTS(HTTPProvider):
             self._warming.add(closing)
             closing.add_done_callback(self._warming.discard)
 
-    async def _send_text(self, ws: ClientConnection, text: AsyncIterable[str]) -> None:
-        """Forward the text in word-sized pieces ending in a space (what the API wants), then flush and end."""
+    async def _recv(self, ws: ClientConnection, sender: asyncio.Task[None]) -> str | bytes:
+        """The next server message, or the sender's failure as soon as it happens: when the text source raises,
+        the end of text is never sent, and waiting for the server would only end in a misleading stall."""
+        recv = asyncio.ensure_future(ws.recv())
+        try:
+            while not recv.done():
+                if sender.done():
+                    failure = None if sender.cancelled() else sender.exception()
+                    # a send that failed on a closed socket: recv() reads what the server said before closing
+                    if failure is not None and not isinstance(failure, ConnectionClosed):
+                        raise failure
+                    await asyncio.wait({recv})
+                else:
+                    await asyncio.wait({recv, sender}, return_when=asyncio.FIRST_COMPLETED)
+            return recv.result()
+        finally:
+            if not recv.done():
+                recv.cancel()  # safe: websockets' recv() loses no message when cancelled
+
+    async def _send_text(self, ws: ClientConnection, text: AsyncIterable[str], sent: Callable[[], None]) -> None:
+        """Forward the text in word-sized pieces ending in a space (what the API wants), then flush and end;
+        `sent()` when the first of it (or the flush, for no text) has gone."""
         buffer = ""
+        started = False
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal started
+            await ws.send(json.dumps(message))
+            if not started:
+                started = True
+                sent()
+
         async for piece in text:
             buffer += piece
             if buffer.strip() and buffer.endswith(SPLITTERS):
                 sentence_end = buffer.rstrip().endswith((".", "!", "?"))
-                await ws.send(json.dumps({"text": buffer if buffer.endswith(" ") else buffer + " ",
-                                          "try_trigger_generation": sentence_end}))
+                await send({"text": buffer if buffer.endswith(" ") else buffer + " ",
+                            "try_trigger_generation": sentence_end})
                 buffer = ""
         if buffer.strip():
-            await ws.send(json.dumps({"text": buffer + " ", "try_trigger_generation": True}))
-        await ws.send(json.dumps({"text": " ", "flush": True}))
-        await ws.send(json.dumps({"text": ""}))
+            await send({"text": buffer + " ", "try_trigger_generation": True})
+        await send({"text": " ", "flush": True})
+        await send({"text": ""})
 
     def _closed_error(self, exc: ConnectionClosed) -> ProviderError:
         rcvd = exc.rcvd

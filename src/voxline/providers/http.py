@@ -137,11 +137,23 @@ def vendor_message(body: bytes | str) -> str:
     return text.strip()[:300]
 
 
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header's value whatever the case of its name: HTTP names are case-insensitive, and a plain dict (the raw
+    headers of a refused WebSocket handshake) keeps the server's spelling ("Retry-After")."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
+
+
 def status_error(provider: str, status: int, body: bytes | str, headers: Mapping[str, str] | None,
                  secret: Secret | None = None) -> ProviderError:
     """The `ProviderError` for an HTTP error status from `provider`."""
     detail = redact(vendor_message(body), secret)
-    retry_after = parse_retry_after((headers or {}).get("retry-after")) if status == 429 else None
+    retry_after = parse_retry_after(header(headers, "retry-after")) if status == 429 else None
     if status in (401, 403):
         what = "rejected the API key" if status == 401 else "refused access (key lacks permission?)"
         return ProviderError(f"{provider} {what}: HTTP {status}: {detail}", provider=provider, retryable=False)

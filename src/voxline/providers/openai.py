@@ -7,7 +7,9 @@
 `base_url` includes the `/v1` (as the openai SDK's does); the `OPENAI_BASE_URL` variable sets it too. The key is
 required only for api.openai.com. Chat streams with `stream_options.include_usage`; tool calls arrive as
 `delta.tool_calls` fragments (index, id, function.name, function.arguments) that are accumulated and emitted as one
-`LLMDelta(tool_call=...)` each when the call is complete (the next call starts or `finish_reason` arrives).
+`LLMDelta(tool_call=...)` each when the call is complete (the next call starts, at a new index or with a new id at
+the same one, as Ollama sends parallel calls, or `finish_reason` arrives). A stream that ends before `[DONE]` dropped
+mid-reply, unless its `finish_reason` had come: that reply is whole (at most its usage chunk is lost).
 Reference: platform.openai.com API reference (Chat Completions streaming, Audio) and openai-python's
 `src/openai/_streaming.py` (SSE framing, `[DONE]`, in-stream `error` objects).
 """
@@ -105,42 +107,61 @@ class OpenAILLM(_OpenAIClient):
         if tools:
             body["tools"] = openai_tools(tools)
         pending: dict[int, dict[str, str]] = {}
-        finished = False
+        finished = False  # [DONE] arrived, or a finish_reason did: the reply is whole, only usage may be missing
         async with self.open_stream("POST", "/chat/completions", json=body) as chunks:
-            async for event in sse_events(chunks):
-                if event.data.strip() == "[DONE]":
-                    finished = True
-                    break
-                data = loads(self.name, "chat completion event", event.data, self._secret)
-                if isinstance(data.get("error"), dict):
-                    raise self._stream_error(data["error"])
-                for choice in data.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield LLMDelta(text=delta["content"])
-                    for fragment in delta.get("tool_calls") or []:
-                        index = int(fragment.get("index", 0))
-                        if index not in pending:
+            try:
+                async for event in sse_events(chunks):
+                    if event.data.strip() == "[DONE]":
+                        finished = True
+                        break
+                    data = loads(self.name, "chat completion event", event.data, self._secret)
+                    if isinstance(data.get("error"), dict):
+                        raise self._stream_error(data["error"])
+                    for choice in data.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield LLMDelta(text=delta["content"])
+                        for fragment in delta.get("tool_calls") or []:
+                            for call in self._add_fragment(pending, fragment):
+                                yield LLMDelta(tool_call=call)
+                        if choice.get("finish_reason"):
                             for done in sorted(pending):
                                 yield LLMDelta(tool_call=self._finish(pending.pop(done)))
-                            pending[index] = {"id": "", "name": "", "arguments": ""}
-                        entry = pending[index]
-                        fn = fragment.get("function") or {}
-                        entry["id"] = fragment.get("id") or entry["id"]
-                        entry["name"] += fn.get("name") or ""
-                        entry["arguments"] += fn.get("arguments") or ""
-                    if choice.get("finish_reason"):
-                        for done in sorted(pending):
-                            yield LLMDelta(tool_call=self._finish(pending.pop(done)))
-                usage = data.get("usage")
-                if isinstance(usage, dict):
-                    yield LLMDelta(input_tokens=usage.get("prompt_tokens"),
-                                   output_tokens=usage.get("completion_tokens"))
+                            finished = True
+                    usage = data.get("usage")
+                    if isinstance(usage, dict):
+                        yield LLMDelta(input_tokens=usage.get("prompt_tokens"),
+                                       output_tokens=usage.get("completion_tokens"))
+            except ProviderError:
+                if not finished:
+                    raise
+                # Dropped after the finish_reason (before the usage chunk or [DONE]): the reply is complete, and
+                # a retry would ask for a finished reply again (or repeat its tool calls).
         if not finished:
             raise ProviderError(f"{self.name} stream ended before [DONE]: the connection dropped mid-reply",
                                 provider=self.name, retryable=True)
         for done in sorted(pending):
             yield LLMDelta(tool_call=self._finish(pending.pop(done)))
+
+    def _add_fragment(self, pending: dict[int, dict[str, str]], fragment: dict[str, Any]) -> list[ToolCall]:
+        """Add one `delta.tool_calls` fragment; returns the calls it shows to be complete.
+
+        A fragment for a new index ends the calls before it. So does a new `id` at a pending index: Ollama's
+        OpenAI-compatible API sends index 0 for every parallel call (older versions send no index at all), and
+        merging those would make one call of two names and two argument objects.
+        """
+        index = int(fragment.get("index") or 0)
+        new_id = fragment.get("id") or ""
+        entry = pending.get(index)
+        done: list[ToolCall] = []
+        if entry is None or (new_id and entry["id"] and new_id != entry["id"]):
+            done = [self._finish(pending.pop(i)) for i in sorted(pending)]
+            entry = pending[index] = {"id": "", "name": "", "arguments": ""}
+        fn = fragment.get("function") or {}
+        entry["id"] = new_id or entry["id"]
+        entry["name"] += fn.get("name") or ""
+        entry["arguments"] += fn.get("arguments") or ""
+        return done
 
     def _finish(self, entry: dict[str, str]) -> ToolCall:
         try:
