@@ -138,3 +138,35 @@ def test_summary_and_plot(tmp_path: Path) -> None:
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(AudioError):
         analysis.mfcc(Sound.empty())
+
+
+def _voice_like(sr: int, seconds: float = 2.0) -> AudioFrame:
+    """A 120 Hz buzz (sr / 4 where that is above Nyquist) with harmonics up to Nyquist, gated like syllables."""
+    t = np.arange(int(sr * seconds)) / sr
+    f0 = min(120.0, sr / 4)
+    y = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 8) if f0 * h < sr / 2)
+    gate = (np.sin(2 * np.pi * 3 * t) > -0.3).astype(float)
+    return AudioFrame.from_float((0.3 * y * gate / np.abs(y).max()).astype(np.float32), sr)
+
+
+@pytest.mark.parametrize("sr", [100, 150, 1000, 2000])
+def test_low_rates_are_analysed_within_what_they_allow(sr: int, tmp_path: Path) -> None:
+    audio = _voice_like(sr)
+    out = analysis.summary(audio)
+    assert out["sample_rate"] == sr and out["loudness_lufs"] is None and out["segments"]
+    if sr >= 1000:  # pitch is tracked up to Nyquist
+        assert 100 < out["pitch_median_hz"] < 140
+    with pytest.raises(AudioError, match="3364 Hz"):
+        analysis.loudness(audio)
+    assert analysis.segment(audio, explain=True)
+    assert Path(analysis.plot_analysis(audio, tmp_path / "low.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rates_too_low_to_analyse_are_clear_errors() -> None:
+    one_hz = AudioFrame(np.zeros((5, 1), np.int16) + 100, 1, 1)
+    for fn in (analysis.summary, analysis.segment, analysis.loudness, analysis.pitch):
+        with pytest.raises(AudioError, match="1 Hz"):
+            fn(one_hz)
+    with pytest.raises(AudioError, match="needs a sample rate above 130 Hz"):
+        analysis.pitch(_voice_like(100))
+    assert analysis.summary(_voice_like(100))["pitch_median_hz"] is None

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from test_audio_frame import _wav_with_format_tag
 from voxline.audio.codecs import audio_info
 from voxline.audio.segment import Sound
 from voxline.cli import main
+from voxline.cli.audio import parse_time
+from voxline.errors import AudioError
 
 GOLD = ["gold/goforward.flac", "gold/LJ002-0020.flac", "gold/LJ002-0035.flac"]
 
@@ -110,3 +113,52 @@ def test_errors_are_clean(work: Path, bad_dir: Path) -> None:
     assert "bad time" in fails("trim", str(work / "in" / "goforward.flac"), "-o", str(work / "x.wav"),
                                "--end", "soon")
     assert "unknown audio format" in fails("convert", str(work / "in" / "goforward.flac"), str(work / "x.doc"))
+
+
+def test_negative_clock_times_negate_the_whole_time(work: Path) -> None:
+    assert parse_time("-0:01.5") == -1500 and parse_time("-1:00.5") == -60500 and parse_time("+0:02") == 2000
+    assert parse_time("1:02.5") == 62500 and parse_time("-1.5s") == -1500
+    with pytest.raises(AudioError, match="bad time"):
+        parse_time("1:-30")
+    src = Sound.from_file(work / "in" / "goforward.flac")
+    run("trim", str(work / "in" / "goforward.flac"), "-o", str(work / "t.wav"), "--start=-0:01.5")
+    assert Sound.from_file(work / "t.wav") == src[-1500:]
+
+
+def test_unwritable_outputs_are_one_line_errors(work: Path) -> None:
+    (work / "afile").write_bytes(b"")
+    src = str(work / "in" / "goforward.flac")
+    assert "cannot create the folder" in fails("convert", src, str(work / "afile" / "x.wav"))
+    assert "cannot create the folder" in fails("split", src, "-o", str(work / "afile" / "{index}.wav"))
+    assert "cannot create the folder" in fails("concat", src, src, "-o", str(work / "afile" / "x.wav"))
+    assert "cannot write the plot" in fails("analyze", src, "--no-pitch", "--plot", str(work / "nodir" / "a.png"))
+    (work / "out").mkdir()
+    (work / "out" / "goforward").write_bytes(b"")  # one of three outputs can't be written: the others still are
+    out = fails("normalize", str(work / "in" / "*.flac"), "-o", str(work / "out" / "{stem}" / "n.wav"), "-q")
+    assert "goforward.flac: cannot create the folder" in out and "1 of 3 files failed" in out
+    assert sorted(p.name for p in (work / "out").glob("*/n.wav")) == ["n.wav", "n.wav"]
+
+
+def test_fade_with_nan_is_a_clean_error(work: Path) -> None:
+    src = str(work / "in" / "goforward.flac")
+    assert "fade times" in fails("fade", src, "-o", str(work / "f.wav"), "--in", "nan")
+    assert "fade times" in fails("fade", src, "-o", str(work / "f.wav"), "--out", "nan")
+
+
+def test_bad_bitrates_and_unknown_codecs_are_clean_errors(work: Path) -> None:
+    src = str(work / "in" / "goforward.flac")
+    assert "refused a bit rate of '600k'" in fails("convert", src, str(work / "x.opus"), "--bitrate", "600k")
+    for fmt in ("mp3", "opus", "m4a"):
+        assert "bitrate must be positive" in fails("convert", src, str(work / f"x.{fmt}"), "--bitrate=-64k")
+    (work / "tag63.wav").write_bytes(_wav_with_format_tag(0x63))
+    assert "unsupported audio codec" in fails("info", str(work / "tag63.wav"))
+    assert "unsupported audio codec" in fails("convert", str(work / "tag63.wav"), str(work / "y.wav"))
+
+
+@pytest.mark.parametrize("rate", [100, 1000])
+def test_analyze_low_rate_files(work: Path, rate: int) -> None:
+    Sound.from_file(work / "in" / "goforward.flac").set_frame_rate(rate).export(work / "low.wav")
+    out = json.loads(run("analyze", str(work / "low.wav"), "--json", "--plot", str(work / "low.png")))
+    assert out["sample_rate"] == rate and out["loudness_lufs"] is None and out["segments"]
+    assert (out["pitch_median_hz"] is None) == (rate == 100)
+    assert (work / "low.png").read_bytes()[:4] == b"\x89PNG"

@@ -174,3 +174,46 @@ def test_float_and_odd_dtype_files(tmp_path: Path) -> None:
     pcm24 = io.BytesIO()
     sf.write(pcm24, np.array([0.25, -1.0], np.float64), 16000, format="FLAC", subtype="PCM_24")
     assert codecs.read_audio(pcm24.getvalue()).samples[:, 0].tolist() == [8192, -32768]
+
+
+def _wav_with_format_tag(tag: int, rate: int = 8000, n: int = 100) -> bytes:
+    """A 44-byte canonical WAV header (16-bit mono) with any format tag, then `n` zero samples."""
+    import struct
+
+    data = bytes(2 * n)
+    fmt = struct.pack("<HHIIHH", tag, 1, rate, 2 * rate, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data"
+            + struct.pack("<I", len(data)) + data)
+
+
+def test_codec_ffmpeg_does_not_know_is_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "tag63.wav"
+    path.write_bytes(_wav_with_format_tag(0x63))  # PyAV opens it with no codec context
+    with pytest.raises(UnsupportedFormatError, match=r"tag63\.wav: unsupported audio codec"):
+        codecs.audio_info(path)
+    with pytest.raises(UnsupportedFormatError, match=r"tag63\.wav: unsupported audio codec"):
+        codecs.read_audio(path)
+    with pytest.raises(UnsupportedFormatError, match="unsupported audio codec"):
+        codecs.read_audio(path.read_bytes())
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "m4a"])
+def test_bitrates_the_encoder_refuses_are_audio_errors(fmt: str) -> None:
+    src = _tone(16000, 1, 0.2)
+    for bad in ("-64k", "0", -64000, "infk"):
+        with pytest.raises(AudioError, match="bitrate"):
+            codecs.encode_audio(src, fmt, bitrate=bad)
+    if fmt != "mp3":  # lame clamps any positive rate; libopus and aac refuse 1 b/s (and libopus over 256k a channel)
+        with pytest.raises(AudioError, match=f"{fmt} encoder .* refused a bit rate of '1'"):
+            codecs.encode_audio(src, fmt, bitrate="1")
+    if fmt == "opus":
+        with pytest.raises(AudioError, match=r"libopus\) refused a bit rate of '600k' \(600000 b/s\)"):
+            codecs.encode_audio(src, fmt, bitrate="600k")
+
+
+def test_unwritable_paths_are_audio_errors(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+    for target in (tmp_path / "afile" / "x.wav", tmp_path / "missing" / "x.wav"):
+        with pytest.raises(AudioError, match="cannot write"):
+            codecs.write_audio(_tone(16000, 1, 0.1), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no temporary file left behind

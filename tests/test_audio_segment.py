@@ -215,3 +215,28 @@ def test_export_sample_width(width: int, subtype: str, tmp_path: Path) -> None:
     assert sf.info(path).subtype == subtype
     back = Sound.from_file(path)
     assert back.sample_width == width and back == s
+
+
+@pytest.mark.parametrize("duration", [1234.5, 150.5, 100.5, 2000.25])
+def test_fractional_fades_ramp_to_the_end(duration: float) -> None:
+    s = Sound.from_array(np.full(16000 * 3, 10000, np.int16), 16000)
+    out = s.fade_out(duration).samples[:, 0]
+    assert out[-1] < 100 and np.all(np.diff(out.astype(int)) <= 0)  # the end of a fade-out is quiet
+    into = s.fade_in(duration).samples[:, 0]
+    end = int(duration * 16)
+    assert np.all(np.diff(into.astype(int)) >= 0) and into[end - 1] < 10000 and into[end] == 10000
+
+
+def test_fades_refuse_nan_and_infinite_times() -> None:
+    s = Sound.from_array(np.full(1600, 1000, np.int16), 16000)
+    for fade in (lambda: s.fade_in(math.nan), lambda: s.fade_out(math.nan), lambda: s.fade_in(math.inf),
+                 lambda: s.fade(to_gain=-10, start=math.nan, end=50), lambda: s.fade(to_gain=-10, start=0,
+                                                                                     end=math.nan)):
+        with pytest.raises(AudioError, match="fade times"):
+            fade()
+
+
+def test_export_to_an_unwritable_path_is_an_audio_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(AudioError, match="cannot write"):
+        Sound.silent(100, 16000).export(tmp_path / "afile" / "x.wav")

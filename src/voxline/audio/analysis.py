@@ -24,6 +24,9 @@ from voxline.errors import AudioError
 
 Audio = AudioFrame | Sound
 
+MIN_RATE = 100  # Hz; below it nothing of a voice is left to analyse (Nyquist 50 Hz, under the lowest pitch)
+VOICE_FMIN = 65.0  # Hz, the lowest pitch looked for: a low male voice
+
 
 def info(path: str | os.PathLike[str]) -> AudioInfo:
     """Duration, rate, channels, codec, container and bit rate from the header, without decoding."""
@@ -95,27 +98,45 @@ class PitchTrack:
         return float(np.median(v)) if v.size else math.nan
 
 
-def pitch(audio: Audio, fmin: float = 65.0, fmax: float = 600.0, frame_length: int | None = None) -> PitchTrack:
-    """Fundamental frequency with pYIN (probabilistic YIN); the default range covers speaking and singing voices."""
+def pitch(audio: Audio, fmin: float = VOICE_FMIN, fmax: float = 600.0,
+          frame_length: int | None = None) -> PitchTrack:
+    """Fundamental frequency with pYIN (probabilistic YIN); the default range covers speaking and singing voices.
+
+    `fmax` is lowered to the Nyquist frequency where the rate is low (nothing above it can be in the audio); a range
+    pYIN can't track at this rate (too narrow for its pitch transitions, say) is an `AudioError`."""
     import librosa
 
     y, sr = _mono(audio, 0.1)
-    if frame_length is None:  # ~64 ms: long enough for two periods of fmin at any rate
-        frame_length = 1 << max(9, math.ceil(math.log2(0.064 * sr)))
-    f0, voiced, prob = librosa.pyin(y, fmin=fmin, fmax=fmax, sr=sr, frame_length=frame_length)
+    if fmin >= sr / 2:
+        raise AudioError(f"pitch tracking from {fmin:g} Hz needs a sample rate above {2 * fmin:g} Hz, got {sr} Hz")
+    fmax = min(fmax, sr / 2)
+    if frame_length is None:  # ~64 ms, and at least two periods of fmin (a 512 floor made low rates' hops too long)
+        frame_length = 1 << math.ceil(math.log2(max(0.064 * sr, 2 * sr / fmin + 2)))
+    try:
+        f0, voiced, prob = librosa.pyin(y, fmin=fmin, fmax=fmax, sr=sr, frame_length=frame_length)
+    except librosa.util.exceptions.ParameterError as exc:
+        raise AudioError(f"cannot track pitch from {fmin:g} to {fmax:g} Hz at {sr} Hz ({exc})") from exc
     times = librosa.times_like(f0, sr=sr, hop_length=frame_length // 4)
     return PitchTrack(times, np.asarray(f0), np.asarray(voiced), np.asarray(prob))
 
 
 # ---- loudness (ITU-R BS.1770-4) ---------------------------------------------------------------------------------
 
+_SHELF_HZ = 1681.974450955533  # the K-weighting's high shelf
+LOUDNESS_MIN_RATE = math.floor(2 * _SHELF_HZ) + 1  # 3364 Hz: the shelf must lie below the Nyquist frequency
+
+
 def k_weighting(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The two biquads (b, a) of the K-weighting filter at `sample_rate`.
 
     Designed from the analog parameters behind the standard's 48 kHz coefficients (as libebur128 does), so they
-    reproduce those coefficients at 48 kHz and stay correct at 16 kHz or 44.1 kHz."""
+    reproduce those coefficients at 48 kHz and stay correct at 16 kHz or 44.1 kHz. Below `LOUDNESS_MIN_RATE` the
+    shelf sits above the Nyquist frequency and the design gives an unstable filter, so such rates are refused."""
+    if sample_rate < LOUDNESS_MIN_RATE:
+        raise AudioError(f"loudness (BS.1770 K-weighting) needs a sample rate of at least {LOUDNESS_MIN_RATE} Hz, "
+                         f"got {sample_rate} Hz")
     # stage 1: high shelf, +4 dB above ~1.7 kHz (the head's acoustic effect)
-    f0, gain_db, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+    f0, gain_db, q = _SHELF_HZ, 3.999843853973347, 0.7071752369554196
     k = math.tan(math.pi * f0 / sample_rate)
     vh = 10 ** (gain_db / 20)
     vb = vh ** 0.4996667741545416
@@ -140,11 +161,12 @@ def loudness(audio: Audio) -> float:
 
     frame = _frame(audio)
     rate = frame.sample_rate
+    weighting = k_weighting(rate)
     block, hop = round(0.4 * rate), round(0.1 * rate)
     if frame.num_frames < block:
         raise AudioError(f"loudness needs at least 0.4 s of audio, got {frame.duration:.3f} s")
     x = frame.float32().astype(np.float64)
-    for b, a in k_weighting(rate):
+    for b, a in weighting:
         x = lfilter(b, a, x, axis=0)
     channels = frame.channels
     weights = np.ones(channels)
@@ -202,26 +224,31 @@ class Segment:
 
 
 def window_features(y: np.ndarray, sr: int) -> WindowFeatures:
-    """The segmenter's features of one mono float window."""
+    """The segmenter's features of one mono float window; frames and FFTs are clamped to the window's length, and
+    pitch stability is 0 where the rate leaves no room for a voice's pitch (at low rates or in short windows)."""
     import librosa
 
-    frame, hop = max(64, round(0.02 * sr)), max(32, round(0.01 * sr))
+    frame = min(max(64, round(0.02 * sr)), y.size)
+    hop = min(max(32, round(0.01 * sr)), frame)
     rms = librosa.feature.rms(y=y, frame_length=frame, hop_length=hop, center=False)[0]
     level = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
     rms_dbfs = 20 * math.log10(level) if level > 0 else -math.inf
     low_energy = float(np.mean(rms < 0.5 * rms.mean())) if rms.mean() > 0 else 1.0
     zcr = librosa.feature.zero_crossing_rate(y, frame_length=frame, hop_length=hop, center=False)[0]
     zcr_cv = float(zcr.std() / zcr.mean()) if zcr.mean() > 0 else 0.0
-    n_fft = 1 << max(8, math.ceil(math.log2(frame)))
+    n_fft = min(1 << max(8, math.ceil(math.log2(frame))), y.size)
     flat = librosa.feature.spectral_flatness(y=y, n_fft=n_fft, hop_length=hop, center=False)[0]
     flatness_std = float(np.std(np.log10(np.maximum(flat, 1e-10))))
-    f0 = librosa.yin(y, fmin=65, fmax=1000, sr=sr, frame_length=max(n_fft, 2 * round(sr / 65) + 2), hop_length=hop,
-                     center=False)
-    voiced = rms[: f0.size] > 0.25 * rms.max() if rms.size else np.zeros(0, bool)
-    f0 = f0[: voiced.size]
-    pairs = voiced[1:] & voiced[:-1]
-    cents = np.abs(1200 * np.log2(f0[1:] / f0[:-1]))
-    stability = float(np.mean(cents[pairs] < 50)) if pairs.any() else 0.0
+    fmax, yin_length = min(1000.0, sr / 2), max(n_fft, 2 * round(sr / VOICE_FMIN) + 2)
+    stability = 0.0
+    if VOICE_FMIN < fmax and yin_length <= y.size:
+        f0 = librosa.yin(y, fmin=VOICE_FMIN, fmax=fmax, sr=sr, frame_length=yin_length, hop_length=hop,
+                         center=False)
+        voiced = rms[: f0.size] > 0.25 * rms.max() if rms.size else np.zeros(0, bool)
+        f0 = f0[: voiced.size]
+        pairs = voiced[1:] & voiced[:-1]
+        cents = np.abs(1200 * np.log2(f0[1:] / f0[:-1]))
+        stability = float(np.mean(cents[pairs] < 50)) if pairs.any() else 0.0
     return WindowFeatures(rms_dbfs, low_energy, zcr_cv, flatness_std, stability)
 
 
@@ -239,6 +266,7 @@ def segment(audio: Audio, window_s: float = 1.0, silence_dbfs: float = -50.0,
             explain: bool = False) -> list[Segment]:
     """Label consecutive windows speech / music / silence and merge equal neighbours into segments."""
     y, sr = _mono(audio)
+    _check_rate(sr)
     step = max(1, round(window_s * sr))
     out: list[Segment] = []
     for start in range(0, y.size, step):
@@ -262,11 +290,13 @@ def segment(audio: Audio, window_s: float = 1.0, silence_dbfs: float = -50.0,
 def summary(audio: Audio, with_pitch: bool = True) -> dict[str, Any]:
     """The numbers `voxline audio analyze` prints: levels, loudness, tempo, centroid, pitch, onsets, segments."""
     frame = _frame(audio)
+    _check_rate(frame.sample_rate)
     sound = audio if isinstance(audio, Sound) else Sound(frame)
+    measurable = frame.duration >= 0.4 and frame.sample_rate >= LOUDNESS_MIN_RATE
     out: dict[str, Any] = {
         "duration_s": round(frame.duration, 3), "sample_rate": frame.sample_rate, "channels": frame.channels,
         "dbfs": _num(sound.dBFS), "peak_dbfs": _num(sound.max_dBFS),
-        "loudness_lufs": _num(loudness(frame)) if frame.duration >= 0.4 else None,
+        "loudness_lufs": _num(loudness(frame)) if measurable else None,
     }
     if frame.duration >= 0.5:
         bpm, beats = tempo(frame)
@@ -274,11 +304,24 @@ def summary(audio: Audio, with_pitch: bool = True) -> dict[str, Any]:
     out["onsets"] = len(onsets(frame))
     out["spectral_centroid_hz"] = round(float(np.mean(spectral_centroid(frame))), 1)
     if with_pitch and frame.duration >= 0.1:
-        track = pitch(frame)
-        out["pitch_median_hz"] = _num(track.median_hz)
-        out["voiced_ratio"] = round(float(np.mean(track.voiced)), 3)
+        track = _pitch_if_possible(frame)
+        out["pitch_median_hz"] = _num(track.median_hz) if track is not None else None
+        out["voiced_ratio"] = round(float(np.mean(track.voiced)), 3) if track is not None else None
     out["segments"] = [s.to_dict() for s in segment(frame)]
     return out
+
+
+def _pitch_if_possible(audio: Audio) -> PitchTrack | None:
+    """The pitch track, or None where the rate is too low for a voice's range (a summary reports that as null)."""
+    try:
+        return pitch(audio)
+    except AudioError:
+        return None
+
+
+def _check_rate(rate: int) -> None:
+    if rate < MIN_RATE:
+        raise AudioError(f"a sample rate of {rate} Hz is too low to analyse (needs at least {MIN_RATE} Hz)")
 
 
 def _num(x: float) -> float | None:
@@ -295,7 +338,9 @@ def plot_analysis(audio: Audio, path: str | os.PathLike[str], with_pitch: bool =
     import matplotlib.pyplot as plt
 
     y, sr = _mono(audio)
-    rows = 3 if with_pitch else 2
+    _check_rate(sr)
+    track = _pitch_if_possible(audio) if with_pitch else None
+    rows = 3 if track is not None else 2
     fig, axes = plt.subplots(rows, 1, figsize=(12, 2.6 * rows), sharex=True)
     t = np.arange(y.size) / sr
     axes[0].plot(t, y, linewidth=0.4, color="#333")
@@ -308,12 +353,16 @@ def plot_analysis(audio: Audio, path: str | os.PathLike[str], with_pitch: bool =
     spec = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=1024, hop_length=256)), ref=np.max)
     librosa.display.specshow(spec, sr=sr, hop_length=256, x_axis="time", y_axis="hz", ax=axes[1])
     axes[1].set_ylabel("Hz")
-    if with_pitch:
-        track = pitch(audio)
+    if track is not None:
         axes[2].plot(track.times, track.f0, color="#c33", linewidth=1.2)
         axes[2].set_ylabel("f0 (Hz)")
     axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as exc:  # a missing folder, no permission, an image format matplotlib lacks
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise AudioError(f"cannot write the plot to {os.fspath(path)}: {reason}") from exc
+    finally:
+        plt.close(fig)
     return os.fspath(path)

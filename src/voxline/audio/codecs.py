@@ -6,18 +6,22 @@ Every failure (truncated file, garbage, unknown codec, zero-length audio) become
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import soundfile as sf
 
 from voxline.audio.frame import MAX_SAMPLE_RATE, AudioFrame
 from voxline.errors import AudioDecodeError, AudioError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    import av
 
 Source = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 
@@ -103,8 +107,9 @@ def _read_pyav(src: str | BinaryIO, name: str) -> AudioFrame:
             if not container.streams.audio:
                 raise AudioDecodeError(f"{name}: no audio stream in this file")
             stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate or stream.rate
-            channels = stream.codec_context.channels or 1
+            ctx = _codec_context(stream, name)
+            rate = ctx.sample_rate or stream.rate
+            channels = ctx.channels or 1
             layout = "mono" if channels == 1 else "stereo"
             resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
             tb = stream.time_base
@@ -127,6 +132,14 @@ def _read_pyav(src: str | BinaryIO, name: str) -> AudioFrame:
     return AudioFrame(samples, int(rate), samples.shape[1])
 
 
+def _codec_context(stream: av.AudioStream, name: str) -> av.AudioCodecContext:
+    """The stream's codec context; PyAV gives None where FFmpeg has no decoder (e.g. WAV format tag 0x63)."""
+    ctx: av.AudioCodecContext | None = stream.codec_context
+    if ctx is None:
+        raise UnsupportedFormatError(f"{name}: unsupported audio codec (FFmpeg has no decoder for it)")
+    return ctx
+
+
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     """Header facts of a file: duration, rate, channels, codec, without decoding the samples."""
     src = _as_input(path)
@@ -146,14 +159,15 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
             if not c.streams.audio:
                 raise AudioDecodeError(f"{src}: no audio stream in this file")
             s = c.streams.audio[0]
+            ctx = _codec_context(s, src)
             if s.duration is not None and s.time_base is not None:
                 duration = float(s.duration * s.time_base)
             elif c.duration is not None:
                 duration = c.duration / 1_000_000
             else:
                 duration = read_audio(src).duration
-            return AudioInfo(src, duration, int(s.codec_context.sample_rate), int(s.codec_context.channels),
-                             s.codec_context.name, c.format.name, c.bit_rate or None)
+            return AudioInfo(src, duration, int(ctx.sample_rate), int(ctx.channels), ctx.name, c.format.name,
+                             c.bit_rate or None)
     except AudioError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:
@@ -181,15 +195,20 @@ def encode_audio(frame: AudioFrame, fmt: str, *, bitrate: str | int | None = Non
 
 
 def _parse_bitrate(bitrate: str | int | None) -> int | None:
+    """Bits per second from '64k' or 64000; zero or negative is refused here, as encoders refuse it opaquely."""
     if bitrate is None:
         return None
     if isinstance(bitrate, int):
-        return bitrate
-    text = bitrate.strip().lower()
-    try:
-        return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
-    except ValueError:
-        raise AudioError(f"bad bitrate {bitrate!r}; write e.g. '128k' or 128000") from None
+        bps = bitrate
+    else:
+        text = bitrate.strip().lower()
+        try:
+            bps = int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
+        except (ValueError, OverflowError):  # OverflowError: 'infk'
+            raise AudioError(f"bad bitrate {bitrate!r}; write e.g. '128k' or 128000") from None
+    if bps <= 0:
+        raise AudioError(f"bitrate must be positive, got {bitrate!r}; write e.g. '128k' or 128000")
+    return bps
 
 
 def _encode_pyav(frame: AudioFrame, fmt: str, bitrate: str | int | None, tags: dict[str, str]) -> bytes:
@@ -200,32 +219,48 @@ def _encode_pyav(frame: AudioFrame, fmt: str, bitrate: str | int | None, tags: d
         frame = frame.with_channels(2)
     if rates is not None and frame.sample_rate not in rates:
         frame = frame.resample(min(rates, key=lambda r: (r < frame.sample_rate, abs(r - frame.sample_rate))))
+    rate_bps = _parse_bitrate(bitrate)
     buf = io.BytesIO()
     layout = "mono" if frame.channels == 1 else "stereo"
-    with av.open(buf, mode="w", format=container_name) as out:
-        for key, value in tags.items():
-            out.metadata[key] = value
-        stream = out.add_stream(codec, rate=frame.sample_rate, layout=layout)
-        assert isinstance(stream, av.AudioStream)
-        rate_bps = _parse_bitrate(bitrate)
-        if rate_bps:
-            stream.bit_rate = rate_bps
-        src = av.AudioFrame.from_ndarray(frame.samples.reshape(1, -1), format="s16", layout=layout)
-        src.sample_rate = frame.sample_rate
-        src.pts, src.time_base = 0, Fraction(1, frame.sample_rate)  # a start pts lets mp4 record AAC priming
-        for packet in stream.encode(src):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    try:
+        with av.open(buf, mode="w", format=container_name) as out:
+            for key, value in tags.items():
+                out.metadata[key] = value
+            stream = out.add_stream(codec, rate=frame.sample_rate, layout=layout)
+            assert isinstance(stream, av.AudioStream)
+            if rate_bps:
+                stream.bit_rate = rate_bps
+            src = av.AudioFrame.from_ndarray(frame.samples.reshape(1, -1), format="s16", layout=layout)
+            src.sample_rate = frame.sample_rate
+            src.pts, src.time_base = 0, Fraction(1, frame.sample_rate)  # a start pts lets mp4 record AAC priming
+            for packet in stream.encode(src):
+                out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+    except av.error.FFmpegError as exc:  # the encoder checks its own limits (libopus: 500 b/s to 256k per channel)
+        asked = f"a bit rate of {bitrate!r} ({rate_bps} b/s)" if rate_bps else "its default settings"
+        raise AudioError(f"the {fmt} encoder ({codec}) refused {asked} at {frame.sample_rate} Hz, {layout} "
+                         f"({exc})") from None
     return buf.getvalue()
 
 
 def write_audio(frame: AudioFrame, path: str | os.PathLike[str], fmt: str | None = None, *,
                 bitrate: str | int | None = None, tags: dict[str, str] | None = None) -> Path:
     """Write a frame to `path`, the format taken from `fmt` or the extension; written atomically."""
+    data = encode_audio(frame, fmt or format_from_path(path), bitrate=bitrate, tags=tags)
+    return write_file(data, path)
+
+
+def write_file(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write `data` through a temporary file and a rename, so a reader never sees half a file; an OSError (missing
+    folder, a parent that is a file, no permission) becomes an `AudioError` naming the path, not a traceback."""
     target = Path(path)
-    data = encode_audio(frame, fmt or format_from_path(target), bitrate=bitrate, tags=tags)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise AudioError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target

@@ -18,13 +18,12 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from voxline.audio import silence as _silence
-from voxline.audio.codecs import FORMATS, encode_audio, format_from_path, read_audio
+from voxline.audio.codecs import FORMATS, encode_audio, format_from_path, read_audio, write_file
 from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, UnsupportedFormatError
 
@@ -333,6 +332,10 @@ class Sound:
             raise AudioError('give only two of "start", "end" and "duration"')
         if [start, end, duration].count(None) > 1:
             raise AudioError('give two of "start", "end" and "duration"')
+        nan = any(v is not None and math.isnan(v) for v in (start, end, duration))
+        if nan or (duration is not None and math.isinf(duration)):  # NaN would reach int() as a frame index
+            raise AudioError(f"fade times must be numbers of ms and the duration finite, got start={start!r}, "
+                             f"end={end!r}, duration={duration!r}")
         to_gain, from_gain = _check_gain(to_gain, "to_gain"), _check_gain(from_gain, "from_gain")
         if to_gain == 0 and from_gain == 0:
             return self
@@ -365,9 +368,9 @@ class Sound:
         b = min(n, int(self.frame_count(end)))
         gains[:a] = from_power
         gains[b:] = db_to_float(to_gain)
-        if duration > 100:
-            steps = int(duration)
-            bounds = np.minimum(_silence.ms_to_frame(start + np.arange(steps + 1), rate), n)
+        if duration > 100:  # a fractional last ms is a (short) step of its own, so the ramp reaches `end`
+            steps = math.ceil(duration)
+            bounds = np.minimum(_silence.ms_to_frame(start + np.arange(steps + 1), rate), b)
             per_ms = from_power + (gain_delta / duration) * np.arange(steps)
             gains[bounds[0]:bounds[-1]] = np.repeat(per_ms, np.diff(bounds))
         else:  # the step counts frames up to the fade's nominal end, even where rounding put it past the audio
@@ -529,11 +532,7 @@ class Sound:
         if out is None:
             return data
         if isinstance(out, str | os.PathLike):
-            target = Path(out)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            return target
+            return write_file(data, out)
         out.write(data)
         return out
 

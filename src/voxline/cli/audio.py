@@ -35,7 +35,7 @@ def expand_inputs(patterns: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def output_path(pattern: str, source: Path, index: int, many: bool) -> Path:
+def fill_pattern(pattern: str, source: Path, index: int, many: bool) -> Path:
     """Fill an output pattern for one input; with many inputs a plain path (no braces) is an error."""
     if many and "{" not in pattern:
         raise AudioError(f"{pattern!r} would be written once per input file; use a pattern such as "
@@ -46,9 +46,21 @@ def output_path(pattern: str, source: Path, index: int, many: bool) -> Path:
     except (KeyError, IndexError, ValueError) as exc:
         raise AudioError(f"bad output pattern {pattern!r} ({exc}); use {{stem}}, {{name}}, {{ext}}, "
                          "{parent} or {index}") from None
-    path = Path(text)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(text)
+
+
+def make_parent(path: Path) -> Path:
+    """Create the folder `path` goes in; a parent that is a file or can't be made is an `AudioError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AudioError(f"cannot create the folder for {path}: {exc.strerror or exc}") from exc
     return path
+
+
+def output_path(pattern: str, source: Path, index: int, many: bool) -> Path:
+    """The filled pattern for one input, its folder created."""
+    return make_parent(fill_pattern(pattern, source, index, many))
 
 
 def _progress(total: int, quiet: bool) -> Progress:
@@ -65,6 +77,11 @@ def _each(files: list[Path], label: str, quiet: bool) -> Iterator[tuple[int, Pat
             bar.advance(task)
 
 
+def _error(message: str) -> None:
+    """One red line per failed file: never wrapped, and brackets in file names are not rich markup."""
+    stderr.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+
+
 def parse_time(text: str) -> float:
     """Milliseconds from '1.5s', '1500ms', '1:02.5' or a plain number of seconds."""
     t = text.strip().lower()
@@ -73,9 +90,12 @@ def parse_time(text: str) -> float:
             return float(t[:-2])
         if t.endswith("s"):
             return float(t[:-1]) * 1000
-        if ":" in t:
-            parts = [float(p) for p in t.split(":")]
-            return sum(v * 60 ** i for i, v in enumerate(reversed(parts))) * 1000
+        if ":" in t:  # the sign belongs to the whole time: -1:00.5 is -60.5 s, not -60 s + 0.5 s
+            sign, body = (-1, t[1:]) if t.startswith("-") else (1, t.removeprefix("+"))
+            fields = body.split(":")
+            if any(f.strip().startswith(("-", "+")) for f in fields):
+                raise ValueError(text)
+            return sign * sum(float(v) * 60 ** i for i, v in enumerate(reversed(fields))) * 1000
         return float(t) * 1000
     except ValueError:
         raise AudioError(f"bad time {text!r}; write e.g. 1.5s, 1500ms or 1:02.5") from None
@@ -86,16 +106,17 @@ def _batch(inputs: tuple[str, ...], output: str, label: str, quiet: bool, edit: 
     from voxline.audio.segment import Sound
 
     files = expand_inputs(inputs)
+    # a bad pattern fails once, up front; a file that can't be read or written fails alone
+    targets = [fill_pattern(output, path, i, len(files) > 1) for i, path in enumerate(files, 1)]
     failures = 0
-    for i, path in _each(files, label, quiet):
-        target = output_path(output, path, i, len(files) > 1)
+    for (_, path), target in zip(_each(files, label, quiet), targets, strict=True):
         try:
-            edit(Sound.from_file(path)).export(target, bitrate=bitrate)
+            edit(Sound.from_file(path)).export(make_parent(target), bitrate=bitrate)
         except VoxlineError as exc:
             if len(files) == 1:
                 raise
             failures += 1
-            stderr.print(f"[red]{path}: {exc}[/red]")
+            _error(f"{path}: {exc}")
             continue
         if not quiet:
             stderr.print(f"{path} -> {target}")
@@ -143,7 +164,7 @@ def info(files: tuple[str, ...], as_json: bool) -> None:
             i = audio_info(path)
         except VoxlineError as exc:
             failed += 1
-            stderr.print(f"[red]{exc}[/red]")
+            _error(str(exc))
             continue
         rows.append({"path": str(path), "duration_s": round(i.duration_s, 3), "sample_rate": i.sample_rate,
                      "channels": i.channels, "codec": i.codec, "container": i.container, "bit_rate": i.bit_rate})

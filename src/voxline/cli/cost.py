@@ -43,7 +43,13 @@ def _table(rows: list[StackEstimate], title: str, mark: str | None = None) -> Ta
 
 @click.group()
 def cost() -> None:
-    """Cost estimates from a dated price table (prices.yaml)."""
+    """Cost estimates from a dated price table (prices.yaml).
+
+    \b
+    Examples:
+      voxline cost estimate --hours 100 --use-case podcast-transcription
+      voxline cost recommend --latency-ms 1200 --budget 500/month --hours-per-month 200
+    """
 
 
 @cost.command("estimate")
@@ -54,7 +60,13 @@ def cost() -> None:
 @_prices
 @reports_errors
 def estimate_cmd(hours: float, use_case: str, prices_path: Path | None) -> None:
-    """Candidate stacks for a use case and what HOURS of it cost (the recommended stack first)."""
+    """Candidate stacks for a use case and what HOURS of it cost (the recommended stack first).
+
+    \b
+    Examples:
+      voxline cost estimate --hours 100 --use-case podcast-transcription
+      voxline cost estimate --hours 40 --use-case agent-budget --prices my_prices.yaml
+    """
     prices = PriceTable.load(prices_path)
     rows = estimate(prices, use_case, hours)
     out = _console()
@@ -73,7 +85,13 @@ def estimate_cmd(hours: float, use_case: str, prices_path: Path | None) -> None:
 @_prices
 @reports_errors
 def recommend_cmd(latency_ms: float, budget: str, hours_per_month: float, prices_path: Path | None) -> None:
-    """The cheapest conversation stack that meets a latency budget and a monthly budget."""
+    """The cheapest conversation stack that meets a latency budget and a monthly budget.
+
+    \b
+    Examples:
+      voxline cost recommend --latency-ms 1200 --budget 500/month --hours-per-month 200
+      voxline cost recommend --latency-ms 800 --budget '$2000' --hours-per-month 1000
+    """
     prices = PriceTable.load(prices_path)
     money = parse_budget(budget)
     best, options = recommend(prices, latency_ms, money, hours_per_month)

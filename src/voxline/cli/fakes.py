@@ -10,7 +10,12 @@ from voxline.cli.common import reports_errors
 
 @click.group()
 def fakes() -> None:
-    """Local fakes of the cloud vendors, speaking their wire formats."""
+    """Local fakes of the cloud vendors, speaking their wire formats.
+
+    \b
+    Example:
+      voxline fakes serve --port 8765
+    """
 
 
 @fakes.command()
@@ -27,6 +32,11 @@ def serve(host: str, port: int, key: str) -> None:
       curl -X POST localhost:8765/_fakes/openai -d '{"faults": [{"kind": "rate_limit", "retry_after": 2}]}'
 
     Kinds: unauthorized, rate_limit, server_error, error_mid_stream, slow_first_byte, malformed, drop.
+
+    \b
+    Examples:
+      voxline fakes serve
+      voxline fakes serve --host 0.0.0.0 --port 9000 --key test-key
     """
     from voxline.fakes import FakeVendors, server
 

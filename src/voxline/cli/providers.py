@@ -63,7 +63,12 @@ async def check_all(limit_s: float) -> list[dict[str, Any]]:
 
 @click.group()
 def providers() -> None:
-    """Cloud providers (Deepgram, ElevenLabs, OpenAI or compatible, Anthropic)."""
+    """Cloud providers (Deepgram, ElevenLabs, OpenAI or compatible, Anthropic).
+
+    \b
+    Example:
+      voxline providers check
+    """
 
 
 @providers.command()
@@ -76,6 +81,12 @@ def check(as_json: bool, timeout: float) -> None:
     Keys come from DEEPGRAM_API_KEY, ELEVENLABS_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY; base URLs from
     the matching *_BASE_URL variables (e.g. those `voxline fakes serve` prints). Exit status 1 if a configured
     provider does not answer.
+
+    \b
+    Examples:
+      voxline providers check
+      voxline providers check --json --timeout 10
+      OPENAI_BASE_URL=http://localhost:8000/v1 OPENAI_API_KEY=sk-local voxline providers check
     """
     rows = asyncio.run(check_all(timeout))
     if as_json:

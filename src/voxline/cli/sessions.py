@@ -23,7 +23,13 @@ def _when(ts: float | None) -> str:
 
 @click.group()
 def sessions() -> None:
-    """Recorded sessions: what was said, when, what went wrong, what it cost."""
+    """Recorded sessions: what was said, when, what went wrong, what it cost.
+
+    \b
+    Examples:
+      voxline sessions list
+      voxline sessions show 3f2a
+    """
 
 
 @sessions.command("list")
@@ -32,7 +38,14 @@ def sessions() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @reports_errors
 def list_cmd(db: Path | None, limit: int, as_json: bool) -> None:
-    """The most recent sessions."""
+    """The most recent sessions.
+
+    \b
+    Examples:
+      voxline sessions list
+      voxline sessions list -n 10 --json
+      voxline sessions list --db ./sessions.db
+    """
     rows = list_sessions(db or default_path(), limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -50,7 +63,13 @@ def list_cmd(db: Path | None, limit: int, as_json: bool) -> None:
 @_db
 @reports_errors
 def show_cmd(session_id: str, db: Path | None) -> None:
-    """One session's transcript, per-turn latency and events (an id prefix is enough)."""
+    """One session's transcript, per-turn latency and events (an id prefix is enough).
+
+    \b
+    Examples:
+      voxline sessions show 3f2a
+      voxline sessions show 3f2a --db ./sessions.db
+    """
     click.echo(session_text(get_session(db or default_path(), session_id)), nl=False)
 
 
@@ -62,7 +81,13 @@ def show_cmd(session_id: str, db: Path | None) -> None:
               help="Write to a file instead of stdout.")
 @reports_errors
 def export_cmd(session_id: str, db: Path | None, fmt: str, output: Path | None) -> None:
-    """Everything recorded about one session, as JSON or text."""
+    """Everything recorded about one session, as JSON or text.
+
+    \b
+    Examples:
+      voxline sessions export 3f2a > call.json
+      voxline sessions export 3f2a --format txt -o call.txt
+    """
     session = get_session(db or default_path(), session_id)
     text = json.dumps(session, indent=2, ensure_ascii=False) + "\n" if fmt == "json" else session_text(session)
     if output is None:

@@ -60,7 +60,13 @@ def voices() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @reports_errors
 def list_voices(root: Path | None, as_json: bool) -> None:
-    """The voices in the library."""
+    """The voices in the library.
+
+    \b
+    Examples:
+      voxline voices list
+      voxline voices list --json --library ./voices
+    """
     profiles = _library(root).list()
     if as_json:
         click.echo(json.dumps([p.model_dump(mode="json") for p in profiles], indent=2))
@@ -86,7 +92,14 @@ def list_voices(root: Path | None, as_json: bool) -> None:
 @reports_errors
 def add(name: str, engine: str, voice: str, labels: tuple[str, ...], description: str, samples: tuple[str, ...],
         preset: str, root: Path | None) -> None:
-    """Register an existing voice under NAME (use `clone` to make a new one from samples)."""
+    """Register an existing voice under NAME (use `clone` to make a new one from samples).
+
+    \b
+    Examples:
+      voxline voices add joe --engine piper
+      voxline voices add alan --engine piper --voice ~/voices/en_GB-alan-medium.onnx --label accent=british
+      voxline voices add rachel --engine elevenlabs --voice 21m00Tcm4TlvDq8ikWAM --label gender=female
+    """
     from voxline.voices.library import VoiceProfile
 
     if engine == "matched":
@@ -108,7 +121,12 @@ def add(name: str, engine: str, voice: str, labels: tuple[str, ...], description
 @library_option
 @reports_errors
 def show(name: str, root: Path | None) -> None:
-    """Everything stored about one voice, as JSON."""
+    """Everything stored about one voice, as JSON.
+
+    \b
+    Example:
+      voxline voices show alan
+    """
     click.echo(json.dumps(_library(root).get(name).model_dump(mode="json"), indent=2))
 
 
@@ -118,7 +136,13 @@ def show(name: str, root: Path | None) -> None:
 @click.option("--remote", is_flag=True, help="Also delete an ElevenLabs voice from the account.")
 @reports_errors
 def remove(name: str, root: Path | None, remote: bool) -> None:
-    """Remove a voice (and its stored samples) from the library."""
+    """Remove a voice (and its stored samples) from the library.
+
+    \b
+    Examples:
+      voxline voices remove alan
+      voxline voices remove rachel --remote
+    """
     library = _library(root)
     profile = library.get(name)
     if remote and profile.engine == "elevenlabs":
@@ -154,7 +178,13 @@ def _play(path: Path) -> bool:
 @reports_errors
 def preview(name: str, text: str, output: Path | None, play: bool, preset: str | None, xtts_dir: Path | None,
             root: Path | None) -> None:
-    """Speak a sentence with voice NAME into a file (and play it)."""
+    """Speak a sentence with voice NAME into a file (and play it).
+
+    \b
+    Examples:
+      voxline voices preview alan --play
+      voxline voices preview ada -o ada.mp3 --text "Your table is booked." --preset fast
+    """
     from voxline.audio.codecs import write_audio
     from voxline.audio.frame import AudioFrame
     from voxline.voices.speak import tts_for
@@ -212,6 +242,11 @@ def validate(files: tuple[str, ...], as_json: bool, speaker_check: bool) -> None
     """Check reference samples before cloning: duration, rate, clipping, silence, SNR, one speaker.
 
     Exit status 1 when the set would be refused.
+
+    \b
+    Examples:
+      voxline voices validate me-*.wav
+      voxline voices validate take1.wav take2.flac --json --no-speaker-check
     """
     from voxline.voices.validation import validate_samples
 
@@ -233,7 +268,13 @@ def validate(files: tuple[str, ...], as_json: bool, speaker_check: bool) -> None
               "point, 0.73).")
 @reports_errors
 def compare(a: str, b: str, threshold: float | None) -> None:
-    """Cosine similarity of the speakers of two recordings, then the verdict: `0.812 same speaker (...)`."""
+    """Cosine similarity of the speakers of two recordings, then the verdict: `0.812 same speaker (...)`.
+
+    \b
+    Examples:
+      voxline voices compare a.wav b.wav
+      voxline voices compare me.wav ada-preview.wav --threshold 0.8
+    """
     from voxline.voices.similarity import DEFAULT_THRESHOLD, SpeakerEncoder
 
     click.echo(SpeakerEncoder().compare(a, b, DEFAULT_THRESHOLD if threshold is None else threshold).describe())
@@ -257,7 +298,14 @@ def compare(a: str, b: str, threshold: float | None) -> None:
 def clone(name: str, files: tuple[str, ...], engine: str, base_voice: str | None, preset: str,
           labels: tuple[str, ...], description: str, speaker_check: bool, remove_background_noise: bool,
           root: Path | None) -> None:
-    """Make voice NAME from reference FILES (validated first; a refused set uploads nothing)."""
+    """Make voice NAME from reference FILES (validated first; a refused set uploads nothing).
+
+    \b
+    Examples:
+      voxline voices clone ada me-*.wav
+      voxline voices clone ada me-*.wav --preset high_quality --label accent=irish
+      voxline voices clone ada-cloud me-*.wav --engine elevenlabs --remove-background-noise
+    """
     from voxline.voices.cloning import ElevenLabsVoices, clone_elevenlabs, clone_matched
     from voxline.voices.validation import SampleSetError
 
