@@ -344,3 +344,33 @@ async def test_a_barge_in_inside_a_piece_still_streaming_keeps_its_words_heard()
     # ~1.5 s of a 52-character piece at 15 characters a second: the first half or so, never all of it
     assert heard.startswith("Hello there, I can") and "today" not in heard
     assert playout.heard(0.0) == ""
+
+
+class _CachedTTS(_RecordingTTS):
+    """A TTS that reports a cache hit for every piece, as `CachedTTS` does for the session it serves."""
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
+        from voxline.observe import report
+
+        report({"type": "tts_cache", "hit": True, "characters": len(text)})
+        async for frame in super().synthesize(text, voice=voice):
+            yield frame
+
+
+async def test_what_a_drafts_synthesis_reports_counts_only_once_a_reply_adopts_it() -> None:
+    from voxline.observe import reporting_to
+
+    for adopted in (False, True):
+        seen: list[dict[str, Any]] = []
+        with reporting_to(seen.append):  # the session's observer
+            async with asyncio.TaskGroup() as tasks:
+                draft = _speaking_draft(_SlowLLM(["Hello ", "there. "]), cast(Any, _CachedTTS()), tasks)
+                await asyncio.sleep(0.2)  # its first piece synthesized from the cache
+                assert seen == []  # held: a dropped draft's hit must not credit what nobody is charged for
+                if adopted:
+                    speech = draft.speech("Hello there.", "joe")
+                    assert speech is not None
+                    assert len([f async for f in speech]) == 2
+                else:
+                    draft.cancel()
+        assert seen == ([{"type": "tts_cache", "hit": True, "characters": 12}] if adopted else [])

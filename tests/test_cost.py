@@ -164,6 +164,11 @@ def test_price_keys_follow_the_configured_model(cloud_keys: None, caplog: pytest
     meter = CostMeter(prices, **keys)
     meter({"type": "usage", "kind": "llm", "input_tokens": 1_000_000, "output_tokens": 0})
     assert meter.current.llm == Decimal("2.5")  # gpt-4o, not gpt-4o-mini
+    # dated snapshots and variants are priced as their family: the longest name that begins the id
+    assert prices.key_for("llm", "openai", "gpt-4o-mini-2024-07-18") == "openai/gpt-4o-mini"
+    assert prices.key_for("llm", "openai", "gpt-4o-2024-08-06") == "openai/gpt-4o"
+    assert prices.key_for("stt", "deepgram", "nova-3-general") == "deepgram/nova-3"
+    assert prices.key_for("llm", "openai", "gpt-4omni") is None  # a name, not a prefix of a word
 
 
 async def test_a_sentence_the_tts_cache_serves_is_not_billed(tmp_path: Path) -> None:

@@ -229,3 +229,18 @@ async def test_cancelled_responses_report_why() -> None:
     await transport.send_event({"type": "agent_done", "text": "", "interrupted": True})
     reasons = [d["response"]["status_details"]["reason"] for d in sock.of("response.done")]
     assert reasons == ["client_cancelled", "turn_detected"]
+
+
+def truncate(item_id: str, end_ms: int) -> dict[str, Any]:
+    return {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": end_ms}
+
+
+async def test_a_truncate_of_an_earlier_item_leaves_the_reply_playing_alone() -> None:
+    transport, sock = await connected()
+    await transport.send_event({"type": "reply_started", "turn": 2})  # reply C plays; A ended at a barge-in
+    playing = sock.of("response.created")[0]["response"]["id"]
+    item = next(e["item"]["id"] for e in sock.of("response.output_item.added") if e["response_id"] == playing)
+    sock.inbox.append({"type": "websocket.receive", "text": json.dumps(truncate("item_of_reply_a", 800))})
+    sock.inbox.append({"type": "websocket.receive", "text": json.dumps(truncate(item, 300))})
+    assert await received(transport) == [ClientEvent("truncate", {"played_ms": 300})]  # only C's own
+    assert [e["item_id"] for e in sock.of("conversation.item.truncated")] == ["item_of_reply_a", item]

@@ -634,3 +634,78 @@ async def test_turn_options_that_cannot_apply_are_reported_and_the_call_goes_on(
     assert error["source"] == "configure" and "no_such_option" in error["message"]
     assert session.turn_options.detector == "energy"
     assert [m.role for m in session.conversation.messages] == ["user", "assistant"]
+
+
+async def test_without_auto_replies_speech_over_the_agent_is_filtered_and_joins_after_its_words() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.1},
+                           stt={"texts": ["mm-hm", "what about tomorrow"], "interim_after_s": 60})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("configure", {"auto_respond": False}))
+        await t.push(ClientEvent("text", {"text": "tell me the weather"}))
+        await t.wait_for("agent_text", 5)
+        x = await _feed_tone(t, 0.6, 0.0)  # "mm-hm" over the reply
+        x = await silence(t, 0.5, start=x)
+        x = await _feed_tone(t, 1.0, x)  # a real turn over the reply: the client decides what to do with it
+        await silence(t, 0.5, start=x)
+        await t.wait_for("agent_done", 10)
+
+    session, t = await run_call(stack, energy_config(), script)
+    assert any(e["type"] == "ignored" and e["text"] == "mm-hm" for e in t.events)
+    assert not any(e["type"] == "interrupted" for e in t.events)
+    assert [(m.role, m.content) for m in session.conversation.messages] == [
+        ("user", "tell me the weather"), ("assistant", LONG_REPLY), ("user", "what about tomorrow")]
+
+
+async def test_a_hang_up_after_commit_and_respond_starts_no_reply() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, stt={"texts": ["what time is it"]})
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
+        x = await _feed_tone(t, 1.0, 0.0)
+        await silence(t, 0.1, start=x)
+        await t.push(ClientEvent("commit"))
+        await t.push(ClientEvent("respond"))  # the final is 100 ms away: the caller hangs up before it
+
+    session, t = await run_call(stack, energy_config(), script)
+    llm = stack.llm
+    assert isinstance(llm, ScriptedLLM) and llm.calls == []
+    assert not any(e["type"] in ("reply_started", "agent_text") for e in t.events)
+    assert [(m.role, m.content) for m in session.conversation.messages] == [("user", "what time is it")]
+
+
+class SlowClearTransport(MemoryTransport):
+    """A caller whose `clear` takes a while to send (a Twilio socket, say)."""
+
+    cleared = 0
+
+    async def clear(self) -> None:
+        await asyncio.sleep(0.2)
+        await super().clear()
+        self.cleared += 1
+
+
+async def test_a_reply_cleaning_up_after_a_barge_in_is_not_cut_short_by_the_next() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = scripted_stack(vad=False, llm={"reply": LONG_REPLY})
+    transport = SlowClearTransport()
+    session = Session(stack, energy_config(), transport)
+    async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+        tg.create_task(session.run())
+        await transport.push(ClientEvent("text", {"text": "first question"}))
+        await transport.wait_for("agent_text", 5)
+        await transport.push(ClientEvent("text", {"text": "second question"}))  # the first reply starts to clear
+        await asyncio.sleep(0.05)
+        await transport.push(ClientEvent("text", {"text": "third question"}))  # ... and is not cancelled again
+        await transport.push(ClientEvent("interrupt"))
+        await transport.wait_for("interrupted", 5)
+        await asyncio.sleep(0.5)
+        transport.hangup()
+    assert transport.cleared >= 1  # the first reply's clear reached the caller
+    assert [m.content for m in session.conversation.messages if m.role == "user"] == [
+        "first question", "second question", "third question"]

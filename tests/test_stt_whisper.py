@@ -386,7 +386,8 @@ def test_avx512_is_asked_for_on_amd_cpus_that_have_it(tmp_path: Path, monkeypatc
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n\n"
                        f"processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n")
-    monkeypatch.delenv("CT2_FORCE_CPU_ISA", raising=False)
+    monkeypatch.setenv("CT2_FORCE_CPU_ISA", "")  # recorded as it was, so the value set below is undone after
+    monkeypatch.delenv("CT2_FORCE_CPU_ISA")
     _prefer_avx512(cpuinfo)
     assert os.environ.get("CT2_FORCE_CPU_ISA") == expected
 

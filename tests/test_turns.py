@@ -57,6 +57,8 @@ def seq(*parts: tuple[float, float]) -> list[float]:
     ('He said "go."', "complete"),
     ("Where is it from?", "complete"),  # a question may end in a preposition
     ("What is it, um?", "incomplete"),
+    ("Can you tell me about the?", "incomplete"),  # not an article, though
+    ("And then?", "complete"),
     ("I think so.", "complete"),  # "so" standing for a clause
     ("We were asked to do so.", "complete"),
     ("It was late, so.", "incomplete"),  # "so" beginning one

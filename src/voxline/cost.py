@@ -92,12 +92,18 @@ class PriceTable:
 
     def key_for(self, kind: str, vendor: str, model: str) -> str | None:
         """The entry that prices `vendor`'s `model`: "vendor/model" itself, else a "vendor/..." entry listing the model
-        id under `models`; None when the table has no price for it."""
+        id under `models`, else the longest "vendor/NAME" whose NAME begins the model id followed by "-" (a dated
+        snapshot such as gpt-4o-mini-2024-07-18, or nova-3-general); None when the table has no price for it."""
         items = self.raw.get(kind, {})
         if f"{vendor}/{model}" in items:
             return f"{vendor}/{model}"
-        return next((key for key, item in items.items() if key.startswith(f"{vendor}/") and isinstance(item, dict)
-                     and model in item.get("models", [])), None)
+        listed = next((key for key, item in items.items() if key.startswith(f"{vendor}/") and isinstance(item, dict)
+                       and model in item.get("models", [])), None)
+        if listed is not None:
+            return listed
+        prefix = f"{vendor}/"
+        family = [key for key in items if key.startswith(prefix) and model.startswith(key[len(prefix):] + "-")]
+        return max(family, key=len, default=None)
 
     def is_local(self, kind: str, key: str) -> bool:
         return bool(self.entry(kind, key).get("local"))

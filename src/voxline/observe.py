@@ -34,3 +34,8 @@ def report(event: dict[str, Any]) -> None:
     listener = _listener.get()
     if listener is not None:
         listener(event)
+
+
+def current_observer() -> Observer | None:
+    """The observer `report` hands events to in this context (None outside a session)."""
+    return _listener.get()

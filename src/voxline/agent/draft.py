@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from voxline.agent.sentences import SentenceSplitter
 from voxline.audio.frame import AudioFrame
+from voxline.observe import Observer, current_observer, reporting_to
 from voxline.providers.base import LLM, TTS, LLMDelta, Message
 
 T = TypeVar("T")
@@ -58,6 +59,30 @@ class _Recording(Generic[T]):
                 await self._changed.wait()
 
 
+class _HeldReports:
+    """What the draft's synthesis reports (a TTS cache hit, a retry), held until a reply adopts its audio: a cache
+    hit credits characters that only a piece spoken is charged for, so a dropped draft's hit must credit nothing."""
+
+    def __init__(self) -> None:
+        self._events: list[dict[str, Any]] = []
+        self._target: Observer | None = None
+        self._released = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._released:
+            if self._target is not None:
+                self._target(event)
+        else:
+            self._events.append(event)
+
+    def release(self, target: Observer | None) -> None:
+        """From now on, events go to `target` (the session's observer), those held first."""
+        self._target, self._released = target, True
+        events, self._events = self._events, []
+        for event in events:
+            self(event)
+
+
 class Draft:
     """The LLM's reply to `user_text` (and, with `tts`, the audio of its first piece), recorded by tasks of the
     session's task group."""
@@ -74,6 +99,7 @@ class Draft:
         self._tts = tts
         self._first_piece: str | None = None
         self._speech: _Recording[AudioFrame] | None = None
+        self._reports = _HeldReports()
         self._speaking: asyncio.Task[None] | None = None
         self._cancelled = False
         stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature, tools=tools)
@@ -113,8 +139,9 @@ class Draft:
     async def _synthesize(self, tts: TTS, piece: str, speech: _Recording[AudioFrame]) -> None:
         error: Exception | None = None
         try:
-            async for frame in tts.synthesize(piece, voice=self.voice):
-                speech.add(frame)
+            with reporting_to(self._reports):
+                async for frame in tts.synthesize(piece, voice=self.voice):
+                    speech.add(frame)
         except Exception as exc:  # raised where the reply plays it
             error = exc
         finally:
@@ -133,4 +160,5 @@ class Draft:
         if self._speech is None or piece != self._first_piece or voice != self.voice:
             return None
         speech, self._speech = self._speech, None
+        self._reports.release(current_observer())  # adopted: what its synthesis reported counts for this reply
         return speech.replay()

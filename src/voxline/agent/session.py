@@ -133,6 +133,7 @@ class Session:
         self._waiting_user_texts: list[str] = []
         """User turns answered by a reply that has not started yet (it waits for the interrupted ones)."""
         self._draft: Draft | None = None
+        self._ending = False
         self._finishing: list[asyncio.Task[None]] = []
         """Ended user turns still waiting for their final transcript."""
         self._playout: Playout | None = None
@@ -175,7 +176,8 @@ class Session:
         listening.cancel()
 
     async def _end(self) -> None:
-        """The caller hung up: stop everything this session started."""
+        """The caller hung up: stop everything this session started; turns still being transcribed start no reply."""
+        self._ending = True
         self._drop_draft()
         if self._reply is not None:
             self._reply.cancel()
@@ -321,13 +323,16 @@ class Session:
         self.emit({"type": "transcript", "final": True, "text": text})
         usage = {"type": "usage", "kind": "stt", "provider": self.stack.stt.name,
                  "audio_seconds": round(user.audio_s, 3)}
-        if self._agent_speaking() and self.auto_respond:  # (without: the client decides, e.g. response.cancel)
+        speaking = self._agent_speaking()
+        if speaking:
             if not self._is_interruption(text, time.monotonic() - user.started_at, final=True):
-                self.emit(usage)
+                self.emit(usage)  # a cough, an "mm-hm", the agent's own echo: not a turn
                 self.emit({"type": "ignored", "text": text, "reason": "not an interruption"})
                 return None
-            self._interrupt()
-            # This turn's cost comes after the interrupted reply's timeline, which closes that turn's cost.
+            if self.auto_respond:  # (without: the client decides, e.g. with response.cancel)
+                self._interrupt()
+            # This turn's cost, and its words, come after the playing reply's: it closes that turn's cost, and
+            # what the caller heard of it was said before these words.
             assert self._tasks is not None
             self._tasks.create_task(self._emit_after([t for t in self._replies if not t.done()], usage))
         else:
@@ -338,7 +343,12 @@ class Session:
                 self._start_reply(None, user.timeline, phrase="not_understood")  # speech, but no words in it
             return None
         if not self.auto_respond:
-            self.conversation.add_user(text)
+            if speaking:
+                self._waiting_user_texts.append(text)  # joins when the playing reply has recorded its words
+                assert self._tasks is not None
+                self._tasks.create_task(self._add_waiting_users_after([t for t in self._replies if not t.done()]))
+            else:
+                self.conversation.add_user(text)
             return None
         self._start_reply(text, user.timeline, draft=draft)
         return draft
@@ -400,17 +410,20 @@ class Session:
             self._interrupt()
 
     def _interrupt(self) -> None:
-        if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
+        if self._reply is not None and not self._reply.done() and not self._reply.cancelling():
+            self._reply.cancel()  # once: a second cancel would cut short its clean-up (the caller's `clear`)
 
     # ---- reply --------------------------------------------------------------------------------------------------
 
     def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None,
                      phrase: str | None = None, draft: Draft | None = None) -> None:
         assert self._tasks is not None
+        if self._ending:
+            return
         earlier = [task for task in self._replies if not task.done()]
         for task in earlier:
-            task.cancel()
+            if not task.cancelling():  # not again: a second cancel would cut short its clean-up
+                task.cancel()
         if user_text is not None:
             self._waiting_user_texts.append(user_text)
         self.timelines.append(timeline)
@@ -425,9 +438,7 @@ class Session:
         # The interrupted replies record what was heard before the user's new words join the conversation. A reply
         # cancelled meanwhile, even before it ran, leaves its user's words to the next one: none is lost.
         cancelled = await _outlive(earlier)
-        for text in self._waiting_user_texts:
-            self.conversation.add_user(text)
-        self._waiting_user_texts.clear()
+        self._add_waiting_users()
         if cancelled:
             raise asyncio.CancelledError
         self.emit({"type": "reply_started", "turn": timeline.turn})
@@ -621,6 +632,17 @@ class Session:
             self._configure(data)
         elif event.type == "dtmf":
             self.emit({"type": "dtmf", "digit": str(data.get("digit", ""))})
+
+    async def _add_waiting_users_after(self, tasks: list[asyncio.Task[None]]) -> None:
+        cancelled = await _outlive(tasks)
+        self._add_waiting_users()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _add_waiting_users(self) -> None:
+        for text in self._waiting_user_texts:
+            self.conversation.add_user(text)
+        self._waiting_user_texts.clear()
 
     async def _emit_after(self, tasks: list[asyncio.Task[None]], event: dict[str, Any]) -> None:
         cancelled = await _outlive(tasks)

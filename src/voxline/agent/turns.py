@@ -168,7 +168,9 @@ i we they he she i'm we're they're it's there's
 um uh er erm ah mm like
 """.split())
 
-FILLERS = frozenset("um uh er erm ah mm".split())
+QUESTION_ENDINGS = frozenset("to of with from into onto about by as at for i we they he she like then so".split())
+"""Continuation words a question can end in ("Where is it from?", "Who am I?", "And then?"); not articles,
+possessives, fillers or most conjunctions ("Can you tell me about the?" is not over)."""
 CLOSING_AFTER = {
     "so": frozenset("""do does did doing done think thought hope guess suppose believe imagine expect fear afraid
                        say says said told seem seems seemed appear appears not even just quite""".split()),
@@ -206,7 +208,7 @@ def _closes(words: list[str], stripped: str) -> bool:
     """Whether the continuation word that ends `words` closes the sentence (see `transcript_signal`)."""
     last = words[-1]
     if stripped.endswith("?"):
-        return last not in FILLERS
+        return last in QUESTION_ENDINGS
     return stripped.endswith((".", "!")) and any(w in CLOSING_AFTER.get(last, ()) for w in words[-3:-1])
 
 

@@ -365,5 +365,7 @@ async def _truncate(t: RealtimeTransport, event: dict[str, Any]) -> list[AudioFr
     item_id = str(event.get("item_id", ""))
     await t._send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0,
                    "audio_end_ms": end_ms})
+    if t._response is not None and item_id != t._response.item_id:
+        return []  # an earlier reply's item, already ended (and cut where the barge-in stopped it): not this one's
     return [ClientEvent("truncate", {"played_ms": end_ms})]
 
