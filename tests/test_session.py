@@ -556,17 +556,22 @@ async def test_speech_right_after_a_manual_commit_is_a_turn_of_its_own() -> None
         ("user", "first utterance"), ("user", "second utterance")]
 
 
-async def test_respond_right_after_commit_answers_the_committed_words() -> None:
+async def _speak_commit_and_respond(t: MemoryTransport) -> None:
+    """Push to talk: one second of speech, released, and the reply asked for before its final (100 ms) is in."""
     from voxline.transports.base import ClientEvent
 
+    await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
+    x = await _feed_tone(t, 1.0, 0.0)
+    await silence(t, 0.1, start=x)
+    await t.push(ClientEvent("commit"))
+    await t.push(ClientEvent("respond"))
+
+
+async def test_respond_right_after_commit_answers_the_committed_words() -> None:
     stack = scripted_stack(vad=False, stt={"texts": ["what time is it"]})
 
     async def script(t: MemoryTransport) -> None:
-        await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
-        x = await _feed_tone(t, 1.0, 0.0)
-        await silence(t, 0.1, start=x)
-        await t.push(ClientEvent("commit"))
-        await t.push(ClientEvent("respond"))  # before the final transcript is in (the scripted STT takes 100 ms)
+        await _speak_commit_and_respond(t)
         await t.wait_for("agent_done", 10)
 
     session, t = await run_call(stack, energy_config(), script)
@@ -660,18 +665,9 @@ async def test_without_auto_replies_speech_over_the_agent_is_filtered_and_joins_
 
 
 async def test_a_hang_up_after_commit_and_respond_starts_no_reply() -> None:
-    from voxline.transports.base import ClientEvent
-
     stack = scripted_stack(vad=False, stt={"texts": ["what time is it"]})
-
-    async def script(t: MemoryTransport) -> None:
-        await t.push(ClientEvent("configure", {"auto_end_turns": False, "auto_respond": False}))
-        x = await _feed_tone(t, 1.0, 0.0)
-        await silence(t, 0.1, start=x)
-        await t.push(ClientEvent("commit"))
-        await t.push(ClientEvent("respond"))  # the final is 100 ms away: the caller hangs up before it
-
-    session, t = await run_call(stack, energy_config(), script)
+    # the caller hangs up before the final is in
+    session, t = await run_call(stack, energy_config(), _speak_commit_and_respond)
     llm = stack.llm
     assert isinstance(llm, ScriptedLLM) and llm.calls == []
     assert not any(e["type"] in ("reply_started", "agent_text") for e in t.events)
