@@ -418,7 +418,9 @@ class Session:
     def _start_reply(self, user_text: str | None, timeline: TurnTimeline, fixed_text: str | None = None,
                      phrase: str | None = None, draft: Draft | None = None) -> None:
         assert self._tasks is not None
-        if self._ending:
+        if self._ending:  # the caller hung up while this turn was being transcribed
+            if draft is not None:
+                draft.cancel()
             return
         earlier = [task for task in self._replies if not task.done()]
         for task in earlier:
