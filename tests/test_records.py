@@ -144,6 +144,8 @@ def test_cli_list_show_export(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "User:  hello" in out.output and "Agent: Hi! How can I help?" in out.output
     out = runner.invoke(main, ["sessions", "export", "abc123", "--db", str(db), "--format", "json"])
     assert out.exit_code == 0 and json.loads(out.output)["turns"][0]["voice_to_voice_ms"] == 700.0
+    out = runner.invoke(main, ["sessions", "export", "abc123", "--db", str(db), "-o", str(tmp_path / "no" / "x.txt")])
+    assert out.exit_code == 1 and "cannot write" in out.output and "Traceback" not in out.output
     out = runner.invoke(main, ["sessions", "export", "nope", "--db", str(db)])
     assert out.exit_code == 1 and "no session 'nope'" in out.output
     out = runner.invoke(main, ["sessions", "list", "--db", str(tmp_path / "missing.db")])

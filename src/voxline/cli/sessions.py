@@ -93,4 +93,7 @@ def export_cmd(session_id: str, db: Path | None, fmt: str, output: Path | None) 
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a missing folder, a file where a folder should be, a full disk
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from exc
