@@ -110,6 +110,32 @@ def test_config_defaults_overrides_and_errors(tmp_path: Path) -> None:
         AgentConfig.load(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ('use_transcript = "false"', "use_transcript must be a bool"),  # a string, true as a truth value
+    ("threshold = true", "threshold must be a float"),
+    ('silence_s = "1.0"', "silence_s must be a float"),
+    ("silense_s = 1.0", "unknown key in \\[turn\\]: silense_s"),
+])
+def test_turn_options_of_the_wrong_type_or_name_are_config_errors(tmp_path: Path, line: str, message: str) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(f"[turn]\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        AgentConfig.load(f)
+    f.write_text("[turn]\nsilence_s = 1\nuse_transcript = false\n")  # an integer is a fine float
+    cfg = AgentConfig.load(f)
+    assert cfg.turn.silence_s == 1.0 and isinstance(cfg.turn.silence_s, float) and cfg.turn.use_transcript is False
+
+
+def test_a_misspelt_provider_option_is_a_config_error() -> None:
+    from voxline.agent.stack import build_stack
+
+    cfg = AgentConfig.load(providers={"stt": "scripted", "llm": "scripted", "tts": "scripted",
+                                      "options": {"scripted": {"langauge": "en"}}},
+                           turn={"detector": "energy"})
+    with pytest.raises(ConfigError, match=r"providers\.options\.scripted.*'langauge'"):
+        build_stack(cfg)
+
+
 def test_timeline_relative_and_v2v() -> None:
     t = TurnTimeline(1)
     t.mark("speech_end", 10.0)

@@ -6,6 +6,7 @@ file overrides any subset of keys.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -95,6 +96,27 @@ class OutputSection(_Section):
     sample_rate: int = Field(24000, ge=8000, le=48000)
 
 
+def turn_options(values: dict[str, Any], base: TurnOptions | None = None) -> TurnOptions:
+    """`base` (the defaults) with `values` applied, each checked against the type of its default: TurnOptions is a
+    plain dataclass, which would take `use_transcript = "false"` (a true string) or `silence_s = "1.0"` as given."""
+    base = base or TurnOptions()
+    known = {f.name for f in dataclasses.fields(TurnOptions)}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"unknown key in [turn]: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for key, value in values.items():
+        default = getattr(base, key)
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"[turn] {key} must be a {type(default).__name__}, got {value!r}")
+    changes: dict[str, Any] = {k: float(v) if isinstance(getattr(base, k), float) else v for k, v in values.items()}
+    return dataclasses.replace(base, **changes)
+
+
 class AgentConfig(_Section):
     agent: AgentSection
     providers: ProvidersSection = Field(default_factory=ProvidersSection)
@@ -112,10 +134,7 @@ class AgentConfig(_Section):
         if isinstance(value, dict):
             if value.get("detector", "smart") not in ("energy", "silero", "smart"):
                 raise ValueError(f"turn detector must be energy, silero or smart, not {value['detector']!r}")
-            try:
-                return TurnOptions(**value)
-            except TypeError as exc:
-                raise ValueError(f"unknown key in [turn]: {exc}") from None
+            return turn_options(value)
         return value
 
     @classmethod

@@ -17,11 +17,11 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from voxline.agent.config import AgentConfig
+from voxline.agent.config import AgentConfig, turn_options
 from voxline.agent.context import Conversation
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
@@ -674,11 +674,11 @@ class Session:
             self.voice = data["voice"] or None
         if isinstance(turn := data.get("turn"), dict) and turn:
             try:
-                options = replace(self.turn_options, **turn)
+                options = turn_options(turn, self.turn_options)
                 if options != self.turn_options:
                     self.detector = self.stack.turn_detector(options)
                     self.turn_options = options
-            except (VoxlineError, TypeError, ValueError) as exc:  # unknown key, or a detector that cannot load
+            except (VoxlineError, ValueError) as exc:  # an unknown key, a wrong type, a detector that cannot load
                 self.emit({"type": "error", "source": "configure", "message": f"turn options not applied: {exc}"})
         for flag in ("auto_end_turns", "auto_respond"):
             if isinstance(data.get(flag), bool):

@@ -9,6 +9,7 @@ the TTS cache, and fallback phrases synthesized at start-up (`await stack.prepar
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +114,11 @@ def _construct(kind: str, table: dict[str, tuple[str, str]], name: str, options:
     kwargs = dict(options)
     if name in LOCAL:
         kwargs.setdefault("store", store)
+    accepted = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        if unknown := sorted(set(options) - set(accepted)):
+            raise ConfigError(f"[providers.options.{name}]: {kind} provider {name!r} takes no option "
+                              f"{', '.join(map(repr, unknown))} (it takes: {', '.join(sorted(accepted))})")
     return cls(**kwargs)
 
 

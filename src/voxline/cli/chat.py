@@ -35,6 +35,8 @@ def chat(in_path: Path, out_path: Path, config_path: Path | None, as_json: bool)
     from voxline.transports.file import FileTransport
 
     config = AgentConfig.load(config_path)
+    # One question, one answer: a configured greeting would be taken for the reply (and its timeline for the turn's).
+    config = config.model_copy(update={"agent": config.agent.model_copy(update={"greeting": ""})})
     stack = build_stack(config)
     transport = FileTransport(read_audio(in_path), output_sample_rate=config.output.sample_rate)
     asyncio.run(Session(stack, config, transport).run())
