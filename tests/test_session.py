@@ -78,21 +78,30 @@ async def test_one_turn_reply_and_timeline(vad_stack: Stack) -> None:
     assert session.conversation.messages[1].content == "It is ten past four. Anything else?"
 
 
-async def test_barge_in_keeps_only_the_words_heard(vad_stack: Stack) -> None:
-    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25},
-                       stt={"texts": ["tell me the weather", "wait, what about tomorrow"], "interim_after_s": 0.3})
+def barge_in_stack(base: Stack, interim_after_s: float) -> Stack:
+    return stack_with(base, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25},
+                      stt={"texts": ["tell me the weather", "wait, what about tomorrow"],
+                           "interim_after_s": interim_after_s})
+
+
+def barge_in_script(agent_talks_s: float) -> Script:
+    """A question, the agent answering for `agent_talks_s`, then the caller cutting in with 1.5 s of speech."""
 
     async def script(t: MemoryTransport) -> None:
         end = await feed(t, utterance(1, 2.0))
         end = await silence(t, 0.6, start=end)
         await t.wait_for("agent_text", 10)
-        end = await silence(t, 1.5, start=end)  # the agent talks for a while
-        end = await feed(t, utterance(2, 1.5), start=end)  # the caller cuts in
-        await t.wait_for("interrupted", 10)
+        end = await silence(t, agent_talks_s, start=end)
+        end = await feed(t, utterance(2, 1.5), start=end)
         await silence(t, 0.8, start=end)
+        await t.wait_for("interrupted", 10)
         await asyncio.sleep(0.5)
 
-    session, t = await run_call(stack, config(), script)
+    return script
+
+
+async def test_barge_in_keeps_only_the_words_heard(vad_stack: Stack) -> None:
+    session, t = await run_call(barge_in_stack(vad_stack, 0.3), config(), barge_in_script(1.5))
     interrupted = next(e for e in t.events if e["type"] == "interrupted")
     heard, planned = interrupted["heard"], interrupted["planned"]
     assert heard and len(heard.split()) < len(LONG_REPLY.split())
@@ -109,20 +118,8 @@ async def test_barge_in_keeps_only_the_words_heard(vad_stack: Stack) -> None:
 
 
 async def test_a_barge_in_decided_on_the_final_bills_the_new_turn_after_the_old_one_closed(vad_stack: Stack) -> None:
-    stack = stack_with(vad_stack, llm={"reply": LONG_REPLY}, tts={"seconds_per_word": 0.25},
-                       stt={"texts": ["tell me the weather", "wait, what about tomorrow"], "interim_after_s": 60})
-
-    async def script(t: MemoryTransport) -> None:
-        end = await feed(t, utterance(1, 2.0))
-        end = await silence(t, 0.6, start=end)
-        await t.wait_for("agent_text", 10)
-        end = await silence(t, 1.0, start=end)
-        end = await feed(t, utterance(2, 1.5), start=end)  # no interims: the final decides the barge-in
-        await silence(t, 0.8, start=end)
-        await t.wait_for("interrupted", 10)
-        await asyncio.sleep(0.5)
-
-    _, t = await run_call(stack, config(), script)
+    # no interims: the final decides the barge-in
+    _, t = await run_call(barge_in_stack(vad_stack, 60), config(), barge_in_script(1.0))
     kinds = [e["type"] + (f":{e['kind']}" if e["type"] == "usage" else "") for e in t.events]
     # The new turn's STT usage comes after the interrupted reply's timeline, which closes the old turn's cost.
     assert [i for i, k in enumerate(kinds) if k == "usage:stt"][1] > kinds.index("timeline")

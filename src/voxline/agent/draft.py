@@ -64,22 +64,19 @@ class _HeldReports:
     hit credits characters that only a piece spoken is charged for, so a dropped draft's hit must credit nothing."""
 
     def __init__(self) -> None:
-        self._events: list[dict[str, Any]] = []
+        self._held: list[dict[str, Any]] | None = []  # None once released
         self._target: Observer | None = None
-        self._released = False
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if self._released:
-            if self._target is not None:
-                self._target(event)
-        else:
-            self._events.append(event)
+        if self._held is not None:
+            self._held.append(event)
+        elif self._target is not None:
+            self._target(event)
 
     def release(self, target: Observer | None) -> None:
         """From now on, events go to `target` (the session's observer), those held first."""
-        self._target, self._released = target, True
-        events, self._events = self._events, []
-        for event in events:
+        held, self._held, self._target = self._held or [], None, target
+        for event in held:
             self(event)
 
 

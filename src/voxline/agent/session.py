@@ -333,8 +333,7 @@ class Session:
                 self._interrupt()
             # This turn's cost, and its words, come after the playing reply's: it closes that turn's cost, and
             # what the caller heard of it was said before these words.
-            assert self._tasks is not None
-            self._tasks.create_task(self._emit_after([t for t in self._replies if not t.done()], usage))
+            self._after_replies(lambda: self.emit(usage))  # even at a hang-up: usage is money
         else:
             self.emit(usage)
         if is_no_speech(text):
@@ -345,8 +344,7 @@ class Session:
         if not self.auto_respond:
             if speaking:
                 self._waiting_user_texts.append(text)  # joins when the playing reply has recorded its words
-                assert self._tasks is not None
-                self._tasks.create_task(self._add_waiting_users_after([t for t in self._replies if not t.done()]))
+                self._after_replies(self._add_waiting_users)
             else:
                 self.conversation.add_user(text)
             return None
@@ -635,22 +633,23 @@ class Session:
         elif event.type == "dtmf":
             self.emit({"type": "dtmf", "digit": str(data.get("digit", ""))})
 
-    async def _add_waiting_users_after(self, tasks: list[asyncio.Task[None]]) -> None:
-        cancelled = await _outlive(tasks)
-        self._add_waiting_users()
-        if cancelled:
-            raise asyncio.CancelledError
+    def _after_replies(self, action: Callable[[], None]) -> None:
+        """Run `action` once the replies running now are done, even if the call ends meanwhile."""
+        running = [t for t in self._replies if not t.done()]
+
+        async def later() -> None:
+            cancelled = await _outlive(running)
+            action()
+            if cancelled:
+                raise asyncio.CancelledError
+
+        assert self._tasks is not None
+        self._tasks.create_task(later())
 
     def _add_waiting_users(self) -> None:
         for text in self._waiting_user_texts:
             self.conversation.add_user(text)
         self._waiting_user_texts.clear()
-
-    async def _emit_after(self, tasks: list[asyncio.Task[None]], event: dict[str, Any]) -> None:
-        cancelled = await _outlive(tasks)
-        self.emit(event)  # even at a hang-up: usage is money
-        if cancelled:
-            raise asyncio.CancelledError
 
     async def _respond_after(self, committed: list[asyncio.Task[None]]) -> None:
         await asyncio.wait(committed)
