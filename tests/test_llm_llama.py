@@ -16,7 +16,7 @@ from voxline.errors import ConfigError, ModelError, ModelNotFoundError, Provider
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLM, LLMDelta, Message
 from voxline.providers.llama import PREFILL_CHUNK, PREFILL_MAX_TOKENS, LlamaLLM
-from voxline.providers.openmp import SPIN_COUNT, configure_openmp
+from voxline.providers.native_threads import SPIN_COUNT, configure_openmp
 
 SYSTEM = Message("system", "You are a helpful voice assistant. Answer in one short sentence.")
 

@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from voxline.audio.codecs import read_audio
 from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ConfigError, VoxlineError
 from voxline.models.store import ModelStore
 from voxline.providers.base import STT, SpeculativeSTTStream, STTStream, Transcript
+from voxline.providers.native_threads import limit_blas_threads
 from voxline.providers.whisper import WhisperSTT, _echoes, _prefer_avx512, _repeats
 from voxline.wer import edit_distance, words
 
@@ -401,3 +403,21 @@ def test_a_users_isa_setting_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("CT2_FORCE_CPU_ISA")
     _prefer_avx512(tmp_path / "missing")  # no /proc/cpuinfo (not Linux): nothing to go by, nothing set
     assert "CT2_FORCE_CPU_ISA" not in os.environ
+
+
+def _blas_threads() -> set[int]:
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_numpys_blas_keeps_to_one_thread_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch,
+                                                              stt: WhisperSTT) -> None:
+    assert _blas_threads() == {1}  # set by the WhisperSTT fixture
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    with threadpool_limits(limits=2, user_api="blas"):  # restores the count on leaving
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+        limit_blas_threads()
+        assert _blas_threads() == {2}
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+        limit_blas_threads()
+        assert _blas_threads() == {1}

@@ -12,9 +12,9 @@ a warm turn of the same conversation only evaluates the new tokens (system promp
 `prefill()` lets a session put the user's words in that cache while they are still speaking, so the reply
 evaluates only the last few. When sessions interleave, each turn pays for its whole prompt again.
 
-llama.cpp's OpenMP threads spin only briefly at each barrier, then sleep (`voxline.providers.openmp`): on 2 cores
-shared with STT and TTS, long-spinning threads fight for the cores, and threads that sleep at once decode 2.5x
-slower. Every use of the context, the warm-up included, runs on the worker thread: a second calling thread
+llama.cpp's OpenMP threads spin only briefly at each barrier, then sleep (`voxline.providers.native_threads`): on
+2 cores shared with STT and TTS, long-spinning threads fight for the cores, and threads that sleep at once decode
+2.5x slower. Every use of the context, the warm-up included, runs on the worker thread: a second calling thread
 would give libgomp a second thread team, more threads than cores, and libgomp then stops spinning.
 
 llama.cpp's "extra buffer types" (AMX tiles, repacked weights) are off by default: a build with AMX support
@@ -40,7 +40,7 @@ from typing import Any
 from voxline.errors import ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import LLMDelta, Message
-from voxline.providers.openmp import configure_openmp
+from voxline.providers.native_threads import configure_openmp
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from voxline.audio.features import SAMPLE_RATE, WhisperFeatures, last_seconds_pa
 from voxline.audio.frame import AudioFrame
 from voxline.errors import AudioError, ModelError
 from voxline.models.store import ModelStore
+from voxline.providers.native_threads import limit_blas_threads
 
 WINDOW_S = 8.0
 
@@ -53,6 +54,7 @@ class SmartTurnModel:
             ModelStore().path("smart-turn-v3") / "smart-turn-v3.2-cpu.onnx")
         if not path.is_file():
             raise ModelError(f"Smart Turn model not found at {path}; run `voxline models pull smart-turn-v3`")
+        limit_blas_threads()  # the numpy front end's OpenBLAS helper would spin through the next Whisper decode
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -52,7 +52,7 @@ from voxline.audio.frame import AudioFrame, Resampler
 from voxline.errors import AudioError, ConfigError, ModelError, ModelNotFoundError, ProviderError
 from voxline.models.store import ModelStore
 from voxline.providers.base import Segment, Transcript, Word
-from voxline.providers.openmp import configure_openmp
+from voxline.providers.native_threads import configure_openmp, limit_blas_threads
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -196,6 +196,7 @@ class WhisperSTT:
                  beam_size: int = 5, short: ShortWindowOptions | None = None, interim_interval_s: float = 0.5,
                  min_interim_s: float = 0.6, commit_min_s: float | None = 8.0) -> None:
         configure_openmp()
+        limit_blas_threads()  # the feature extraction's OpenBLAS helper would spin through the encoder
         _prefer_avx512()
         from faster_whisper import WhisperModel
 

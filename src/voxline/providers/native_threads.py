@@ -1,6 +1,6 @@
-"""How the OpenMP thread pools of llama.cpp and CTranslate2 wait between parallel regions (libgomp settings).
+"""How the native thread pools wait: libgomp's (llama.cpp, CTranslate2) and numpy's BLAS.
 
-Both libraries split every operation of a forward pass over `n_threads` OpenMP threads, so one token of
+llama.cpp and CTranslate2 split every operation of a forward pass over `n_threads` OpenMP threads, so one token of
 SmolLM2 or one Whisper decoder step passes hundreds of barriers. Two ways of waiting are wrong on 2 shared cores:
 
 - libgomp's default spins ~3 ms at each barrier before sleeping: idle helpers then hold a core for the whole
@@ -16,6 +16,14 @@ is a sleep at nearly every barrier. Measured with two-thread Whisper decodes of 
 with ACTIVE, 607-662 ms with PASSIVE at any spin count (slower than one thread, 478-559 ms). libgomp reads both
 variables once, when the library is loaded; each llama.cpp context also runs on one thread of its own, since a
 second calling thread means a second team of helpers.
+
+numpy's OpenBLAS is the other spinner. After every call its helper threads busy-wait for a while (OpenBLAS's
+THREAD_TIMEOUT, about 0.1 s here) before they sleep. The matrix products voxline gives numpy are small (the mel
+filter bank of Whisper's and Smart Turn's front ends), but OpenBLAS still splits them over both cores, and the
+helper then holds the second core through the Whisper encoder that follows the feature extraction. Measured on
+the encoder of a 3 s clip (a 5 s window) on two CTranslate2 threads: 64 ms after the feature extraction against
+33 ms without it. With OpenBLAS on one thread, the 3 s finals of `bench/stt.py --threads 2` take 164 ms median
+against 240 ms in the same run (docs/stt.md). So voxline keeps BLAS to one thread, unless the user set a count.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SPIN_COUNT = 10_000
 _NATIVE = ("llama_cpp", "ctranslate2")
+_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def configure_openmp(spin_count: int = SPIN_COUNT) -> None:
@@ -38,3 +47,15 @@ def configure_openmp(spin_count: int = SPIN_COUNT) -> None:
                   os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", str(spin_count))
+
+
+def limit_blas_threads() -> None:
+    """Run numpy's BLAS on one thread from now on, process-wide (see the module docstring), unless the user
+    chose a count through one of the variables OpenBLAS or MKL read."""
+    chosen = [name for name in _BLAS_THREAD_VARIABLES if os.environ.get(name)]
+    if chosen:
+        log.debug("%s set: BLAS keeps the thread count it was given", chosen[0])
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
