@@ -24,7 +24,7 @@ from voxline.errors import ConfigError
 from voxline.models.store import ModelStore
 from voxline.observe import report
 from voxline.providers.base import LLM, STT, TTS, VAD, TurnModel
-from voxline.providers.native_threads import configure_openmp, limit_blas_threads
+from voxline.providers.native_threads import configure_openmp
 from voxline.resilience import CircuitBreaker, Fallback, FallbackPhrases, Retrying, with_timeout
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,6 @@ def build_stack(config: AgentConfig, store: ModelStore | None = None) -> Stack:
     """Load every provider the config names (models once per process) plus the VAD and turn model it needs."""
     store = store or ModelStore()
     configure_openmp()  # read when each native library loads: before the first provider is built
-    limit_blas_threads()
     p = config.providers
     prices = PriceTable.load(config.cost.prices or None)
     events = ProviderEvents()
