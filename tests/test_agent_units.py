@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from voxline.agent.config import AgentConfig
-from voxline.agent.context import Conversation, words_heard
+from voxline.agent.context import Conversation, ReplyRecord, heard_per_piece, words_heard
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter, split_sentences
@@ -72,6 +72,42 @@ def test_words_heard_follows_playout_position() -> None:
     partial = words_heard(spans, 1.9)
     assert partial.startswith("Hello there. The weather")
     assert "today" not in partial
+
+
+def test_a_reply_record_gives_each_tool_round_the_heard_words_of_its_own_pieces() -> None:
+    from voxline.providers.base import Message
+
+    pieces = ["Let me check.", "One moment.", "And the forecast too.", "It is sunny.", "Anything else?"]
+    spans = [(text, float(i), float(i + 1)) for i, text in enumerate(pieces)]
+    assert heard_per_piece(spans, 2.0) == ["Let me check.", "One moment."]
+    assert heard_per_piece(spans, 2.01) == ["Let me check.", "One moment.", ""]
+
+    def reply(played_s: float) -> tuple[Conversation, ReplyRecord]:
+        c = Conversation("be brief")
+        c.add_user("weather and forecast?")
+        record = ReplyRecord(c)
+        record.tool_round(1, Message("assistant", "Let me check.", tool_calls=[{"id": "a"}]))
+        c.messages.append(Message("tool", "sunny", tool_call_id="a"))
+        # the filler played while the first call ran belongs to the round after it
+        record.tool_round(3, Message("assistant", "And the forecast too.", tool_calls=[{"id": "b"}]))
+        c.messages.append(Message("tool", "dry", tool_call_id="b"))
+        record.close(heard_per_piece(spans, played_s))
+        return c, record
+
+    c, record = reply(5.0)
+    assert [m.content for m in c.messages] == [
+        "weather and forecast?", "Let me check.", "sunny", "One moment. And the forecast too.", "dry",
+        "It is sunny. Anything else?"]
+    record.rewrite(heard_per_piece(spans, 1.5))  # the caller stopped playback in the filler
+    assert [m.content for m in c.messages] == ["weather and forecast?", "Let me check.", "sunny", "One", "dry"]
+
+    c, _ = reply(0.5)  # cut inside the first preamble: nothing after it was heard
+    assert [m.content for m in c.messages] == ["weather and forecast?", "Let me", "sunny", "", "dry"]
+
+    c, record = reply(5.0)
+    c.add_user("thanks")
+    record.rewrite(heard_per_piece(spans, 1.5))  # too late: the conversation went on
+    assert c.messages[-2].content == "It is sunny. Anything else?"
 
 
 def test_conversation_trims_old_turns_but_keeps_system_prompt() -> None:

@@ -596,10 +596,10 @@ async def test_a_truncate_while_the_reply_plays_stops_it_there() -> None:
     assert done["text"] == "Sure. The" and session.conversation.messages[-1].content == "Sure. The"
 
 
-async def test_words_said_before_a_tool_call_are_not_repeated_in_the_context() -> None:
+def _weather_stack(preamble: str, **tts: Any) -> Stack:
+    """A stack whose LLM says `preamble`, calls a (fast) weather tool, then says "It is sunny in Paris."."""
     from voxline.agent.tools import ToolBox, tool
     from voxline.providers.base import ToolCall
-    from voxline.transports.base import ClientEvent
 
     @tool
     async def weather(city: str) -> str:
@@ -610,9 +610,16 @@ async def test_words_said_before_a_tool_call_are_not_repeated_in_the_context() -
         """
         return f"sunny in {city}"
 
-    stack = scripted_stack(vad=False, llm={"reply": "It is sunny in Paris.", "tool_preamble": "Sure!\nLet me check.",
-                                           "tool_call": ToolCall("c1", "weather", {"city": "Paris"})})
+    stack = scripted_stack(vad=False, llm={"reply": "It is sunny in Paris.", "tool_preamble": preamble,
+                                           "tool_call": ToolCall("c1", "weather", {"city": "Paris"})}, tts=tts)
     stack.tools = ToolBox([weather])
+    return stack
+
+
+async def test_words_said_before_a_tool_call_are_not_repeated_in_the_context() -> None:
+    from voxline.transports.base import ClientEvent
+
+    stack = _weather_stack("Sure!\nLet me check.")
 
     async def script(t: MemoryTransport) -> None:
         await t.push(ClientEvent("text", {"text": "weather in Paris?"}))
@@ -621,6 +628,29 @@ async def test_words_said_before_a_tool_call_are_not_repeated_in_the_context() -
     session, _ = await run_call(stack, energy_config(), script)
     last = session.conversation.messages[-1]
     assert last.role == "assistant" and last.content == "It is sunny in Paris."
+
+
+async def test_a_barge_in_during_a_tool_calls_preamble_cuts_that_message_to_the_words_heard() -> None:
+    from voxline.transports.base import ClientEvent
+
+    preamble = "Sure, I will look up the weather in Paris for you right now."
+    stack = _weather_stack(preamble, seconds_per_word=0.25)
+
+    async def script(t: MemoryTransport) -> None:
+        await t.push(ClientEvent("text", {"text": "weather in Paris?"}))
+        await t.wait_for("tool_result", 5)
+        await asyncio.sleep(1.0)  # the answer is queued behind the preamble, which still plays
+        await t.push(ClientEvent("truncate", {"played_ms": 1000}))  # the caller heard a second of it
+        await t.wait_for("agent_done", 5)
+
+    session, t = await run_call(stack, energy_config(), script)
+    done = next(e for e in t.events if e["type"] == "agent_done")
+    heard = done["text"]
+    assert done["interrupted"] and heard and preamble.startswith(heard) and heard != preamble
+    # The call's message says what was heard of the preamble; the answer was never heard, so it is not there.
+    assert [(m.role, m.content) for m in session.conversation.messages] == [
+        ("user", "weather in Paris?"), ("assistant", heard), ("tool", "sunny in Paris")]
+    assert session.conversation.messages[1].tool_calls
 
 
 async def test_turn_options_that_cannot_apply_are_reported_and_the_call_goes_on() -> None:

@@ -1,6 +1,6 @@
 """The conversation as the LLM sees it, and the rule that keeps it honest after a barge-in.
 
-When the user interrupts, the assistant message keeps only the words whose audio was actually played, so the model
+When the user interrupts, the assistant messages keep only the words whose audio was actually played, so the model
 never believes it said what the user did not hear.
 """
 
@@ -30,23 +30,80 @@ class Conversation:
     def add_user(self, text: str) -> None:
         self.messages.append(Message("user", text))
 
-    def add_assistant(self, text: str) -> None:
-        if text.strip():
-            self.messages.append(Message("assistant", text.strip()))
+    def add_assistant(self, text: str) -> Message | None:
+        """Add the assistant's words (none: nothing is added); returns the message added."""
+        if not text.strip():
+            return None
+        message = Message("assistant", text.strip())
+        self.messages.append(message)
+        return message
 
     def last(self, role: str) -> Message | None:
         return next((m for m in reversed(self.messages) if m.role == role), None)
 
 
-def words_heard(sentences: list[tuple[str, float, float]], played_until: float) -> str:
-    """The text heard when playback stopped at `played_until` seconds into the reply's audio.
+@dataclass
+class ReplyRecord:
+    """The messages one reply adds to the conversation, cut to what the caller heard.
 
-    `sentences` holds (text, audio_start, audio_end) per synthesized piece. Within a piece, word timing is estimated
+    A reply that calls tools adds one tool-call message per round, whose text is what the LLM said before the call
+    (a preamble, spoken while the tools run), and ends with a closing message. Each round remembers how many
+    pieces had been queued for speech before it, so a barge-in during the preamble cuts that message, not only the
+    closing one.
+    """
+
+    conversation: Conversation
+    rounds: list[tuple[int, Message]] = field(default_factory=list)
+    closing: Message | None = None
+
+    def tool_round(self, pieces_before: int, message: Message) -> None:
+        """`message` asks for tool calls after the reply's first `pieces_before` pieces."""
+        self.rounds.append((pieces_before, message))
+        self.conversation.messages.append(message)
+
+    def close(self, heard: list[str]) -> None:
+        """The reply ended; `heard`: the heard words of each piece, in order (see `heard_per_piece`)."""
+        self.closing = self.conversation.add_assistant(self._cut(heard))
+
+    def rewrite(self, heard: list[str]) -> None:
+        """The caller reports having heard less than was recorded (a truncate after the reply ended): cut again,
+        unless the conversation has gone on since (a user message after the reply's first one)."""
+        own = [m for _, m in self.rounds] + ([self.closing] if self.closing is not None else [])
+        messages = self.conversation.messages
+        start = next((i for i, m in enumerate(messages) if own and m is own[0]), None)
+        if start is None or any(m.role == "user" for m in messages[start:]):
+            return
+        rest = self._cut(heard)
+        if self.closing is not None:
+            if rest:
+                self.closing.content = rest
+            else:
+                messages.remove(self.closing)
+                self.closing = None
+
+    def _cut(self, heard: list[str]) -> str:
+        """Give each tool-call message the heard words of its own pieces; return those heard after the last one."""
+        start = 0
+        for end, message in self.rounds:
+            message.content = _joined(heard[start:end])
+            start = end
+        return _joined(heard[start:])
+
+
+def _joined(pieces: list[str]) -> str:
+    return " ".join(" ".join(pieces).split())
+
+
+def heard_per_piece(pieces: list[tuple[str, float, float]], played_until: float) -> list[str]:
+    """The heard text of each piece, in order, when playback stopped at `played_until` seconds into the reply's
+    audio; the list ends with the piece that was playing then ("" if none of its words was heard).
+
+    `pieces` holds (text, audio_start, audio_end) per synthesized piece. Within a piece, word timing is estimated
     from character counts (speech rate is roughly proportional to letters); a word counts as heard once its
     midpoint has played.
     """
     heard: list[str] = []
-    for text, start, end in sentences:
+    for text, start, end in pieces:
         if played_until >= end:
             heard.append(text)
             continue
@@ -61,7 +118,11 @@ def words_heard(sentences: list[tuple[str, float, float]], played_until: float) 
                 break
             kept.append(word)
             position += span
-        if kept:
-            heard.append(" ".join(kept))
+        heard.append(" ".join(kept))
         break
-    return " ".join(heard)
+    return heard
+
+
+def words_heard(pieces: list[tuple[str, float, float]], played_until: float) -> str:
+    """The text heard when playback stopped at `played_until` seconds into the reply's audio (`heard_per_piece`)."""
+    return " ".join(text for text in heard_per_piece(pieces, played_until) if text)

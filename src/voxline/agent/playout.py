@@ -16,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from voxline.agent.context import words_heard
+from voxline.agent.context import heard_per_piece
 from voxline.agent.timeline import TurnTimeline
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.transports.base import Transport
@@ -145,7 +145,11 @@ class Playout:
         return max(0.0, min(self._sent_s, estimate))
 
     def heard(self, played_s: float | None = None) -> str:
-        """The words the caller heard, up to `played_s` seconds of reply audio (default: as played so far).
+        """The words the caller heard, up to `played_s` seconds of reply audio (default: as played so far)."""
+        return " ".join(text for text in self.heard_pieces(played_s) if text)
+
+    def heard_pieces(self, played_s: float | None = None) -> list[str]:
+        """The heard words of each piece begun, in order, up to `played_s` seconds of reply audio (see `heard`).
 
         A piece still being synthesized counts too: its start plays before its end is known. Its length is
         estimated from its characters at the speaking rate of the finished pieces (or `CHARS_PER_S`), and never
@@ -157,7 +161,7 @@ class Playout:
             done_s = sum(end - begin for _, begin, end in spans)
             rate = done_chars / done_s if done_chars and done_s > 0 else CHARS_PER_S
             spans.append((text, start, start + max(self._queued_s - start, len(text) / rate)))
-        return words_heard(spans, self.played_seconds() if played_s is None else played_s)
+        return heard_per_piece(spans, self.played_seconds() if played_s is None else played_s)
 
     def recent_text(self, window_s: float = 5.0) -> str:
         """Text of the pieces playing in the last `window_s` seconds (what an echo could carry back now)."""

@@ -16,13 +16,13 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 from voxline.agent.config import AgentConfig, turn_options
-from voxline.agent.context import Conversation
+from voxline.agent.context import Conversation, ReplyRecord
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter
@@ -116,7 +116,6 @@ class Session:
         self.detector: TurnDetector = stack.turn_detector(config.turn)
         self.voice = config.providers.voice or None
         self._recoveries = RetryBudget(config.reliability.max_recoveries)
-        self._said_before_tools: list[str] = []
         self.end_requested = asyncio.Event()
         """Set by the `end_call` tool: the session ends once the current reply has been spoken."""
         self.auto_end_turns = True
@@ -137,6 +136,8 @@ class Session:
         self._finishing: list[asyncio.Task[None]] = []
         """Ended user turns still waiting for their final transcript."""
         self._playout: Playout | None = None
+        self._record: ReplyRecord | None = None
+        """The messages of the last reply that spoke (what a late truncate cuts)."""
         self._tasks: asyncio.TaskGroup | None = None
         self._stream_clock: tuple[float, float] = (0.0, time.monotonic())  # (stream time, monotonic) of last frame
 
@@ -444,6 +445,7 @@ class Session:
         self.emit({"type": "reply_started", "turn": timeline.turn})
         playout = Playout(self.transport, timeline)
         self._playout = playout
+        record = self._record = ReplyRecord(self.conversation)
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         interrupted = False
         try:
@@ -453,13 +455,15 @@ class Session:
                     await self._play_phrase(playout, phrase)
                 else:
                     async with asyncio.TaskGroup() as reply:
-                        reply.create_task(self._generate(pieces, timeline, fixed_text, draft))
+                        reply.create_task(self._generate(pieces, record, timeline, fixed_text, draft))
                         reply.create_task(self._speak(pieces, playout, timeline, draft))
                     self._recoveries.ok()
             except* VoxlineError as group:
                 failed = True
                 self.emit({"type": "error", "source": "reply", "message": "; ".join(map(str, group.exceptions))})
             if failed and not playout.spans:  # nothing was said: apologise at once, from memory
+                record.close([])  # a tool call's preamble, if any, was not heard either
+                record = self._record = ReplyRecord(self.conversation)
                 playout = self._playout = Playout(self.transport, timeline)
                 await self._play_phrase(playout, "error")
             await playout.drain()
@@ -470,11 +474,9 @@ class Session:
             timeline.mark("interrupted")
             raise
         finally:
-            heard = " ".join(playout.heard().split())
-            recorded = " ".join(" ".join(self._said_before_tools).split())  # already in the tool-call messages
-            self._said_before_tools = []
-            self.conversation.add_assistant(heard[len(recorded):] if recorded and heard.startswith(recorded)
-                                            else heard)
+            heard_pieces = playout.heard_pieces()
+            heard = " ".join(" ".join(heard_pieces).split())
+            record.close(heard_pieces)
             if interrupted:
                 self.emit({"type": "interrupted", "heard": heard, "planned": playout.text_so_far()})
             self.emit({"type": "agent_done", "text": heard, "interrupted": interrupted})
@@ -496,15 +498,22 @@ class Session:
             finally:
                 playout.close()
 
-    async def _generate(self, pieces: asyncio.Queue[str | None], timeline: TurnTimeline,
+    async def _generate(self, pieces: asyncio.Queue[str | None], record: ReplyRecord, timeline: TurnTimeline,
                         fixed_text: str | None, draft: Draft | None = None) -> None:
         """LLM tokens -> speakable pieces, queued for the TTS as soon as each is complete (the first round from
-        `draft` when the reply was drafted in the pause)."""
+        `draft` when the reply was drafted in the pause); tool-call rounds go to `record`."""
         splitter = SentenceSplitter()
+        queued = 0
+
+        async def say(piece: str) -> None:
+            nonlocal queued
+            queued += 1
+            await pieces.put(piece)
+
         try:
             if fixed_text is not None:
                 for piece in splitter.push(fixed_text) + splitter.flush():
-                    await pieces.put(piece)
+                    await say(piece)
                 return
             tools = self.stack.tools
             specs = tools.specs() if tools is not None and len(tools) else []
@@ -520,7 +529,7 @@ class Session:
                         said.append(delta.text)
                         for piece in splitter.push(delta.text):
                             timeline.mark("first_sentence")
-                            await pieces.put(piece)
+                            await say(piece)
                     if delta.tool_call is not None:
                         calls.append(delta.tool_call)
                     if delta.input_tokens is not None or delta.output_tokens is not None:
@@ -529,31 +538,31 @@ class Session:
                 if not calls or tools is None:
                     break
                 for piece in splitter.flush():  # what was said before the call is spoken while the tools run
-                    await pieces.put(piece)
-                await self._run_tools(tools, "".join(said), calls, pieces)
+                    await say(piece)
+                await self._run_tools(tools, "".join(said), calls, say, record, queued)
             for piece in splitter.flush():
                 timeline.mark("first_sentence")
-                await pieces.put(piece)
+                await say(piece)
         finally:
             pieces.put_nowait(None)
 
     async def _run_tools(self, tools: ToolBox, said: str, calls: list[ToolCall],
-                         pieces: asyncio.Queue[str | None]) -> None:
+                         say: Callable[[str], Awaitable[None]], record: ReplyRecord, spoken: int) -> None:
         """Run the calls the LLM asked for (cancelled with the reply on barge-in); if they are slow, say a filler
-        meanwhile. Calls and results join the conversation, so the next LLM round (and later turns) see them."""
+        meanwhile. Calls and results join the conversation, so the next LLM round (and later turns) see them; the
+        call's message holds `said`, the reply's first `spoken` pieces, until the reply ends (`ReplyRecord`)."""
         for call in calls:
             self.emit({"type": "tool_call", "name": call.name, "arguments": call.arguments})
         running = [tools.start(call) for call in calls]
         try:
             done, _ = await asyncio.wait(running, timeout=FILLER_AFTER_S)
             if len(done) < len(running):
-                await pieces.put(FILLER)
+                await say(FILLER)
             results = [await task for task in running]
         finally:
             for task in running:
                 task.cancel()
-        self.conversation.messages.append(ToolBox.assistant_message(said, calls))
-        self._said_before_tools.append(said.strip())
+        record.tool_round(spoken, ToolBox.assistant_message(said, calls))
         for result in results:
             self.conversation.messages.append(result.message())
             self.emit({"type": "tool_result", "name": result.call.name, "error": result.is_error,
@@ -657,14 +666,8 @@ class Session:
 
     def _rewrite_last_reply(self, played_s: float) -> None:
         """The caller says it played only `played_s` of the last reply: keep only those words in the context."""
-        assert self._playout is not None
-        last = self.conversation.last("assistant")
-        if last is not None and self.conversation.messages[-1] is last:
-            heard = self._playout.heard(played_s)
-            if heard:
-                last.content = heard
-            else:
-                self.conversation.messages.pop()
+        if self._playout is not None and self._record is not None:
+            self._record.rewrite(self._playout.heard_pieces(played_s))
 
     def _configure(self, data: dict[str, Any]) -> None:
         if isinstance(prompt := data.get("system_prompt"), str):
