@@ -198,12 +198,14 @@ def test_a_detector_the_config_did_not_load_is_loaded_once_per_stack(model_store
 
 
 class _SlowLLM:
-    """Streams `words` one per 20 ms, or fails after `fail_after` of them; records cancellations."""
+    """Streams `words` one per 20 ms, then `usage` (input, output tokens) if given, or fails after `fail_after` of
+    them; records cancellations."""
 
     name = "slow"
 
-    def __init__(self, words: list[str], fail_after: int | None = None) -> None:
-        self.words, self.fail_after, self.cancelled = words, fail_after, False
+    def __init__(self, words: list[str], fail_after: int | None = None,
+                 usage: tuple[int, int] | None = None) -> None:
+        self.words, self.fail_after, self.usage, self.cancelled = words, fail_after, usage, False
 
     async def stream(self, messages: Sequence[Message], **_: Any) -> AsyncIterator[LLMDelta]:
         try:
@@ -212,6 +214,8 @@ class _SlowLLM:
                     raise ProviderError("stream dropped", provider=self.name)
                 await asyncio.sleep(0.02)
                 yield LLMDelta(text=word)
+            if self.usage is not None:
+                yield LLMDelta(input_tokens=self.usage[0], output_tokens=self.usage[1])
         except asyncio.CancelledError:
             self.cancelled = True
             raise
@@ -436,3 +440,24 @@ async def test_what_a_drafts_synthesis_reports_counts_only_once_a_reply_adopts_i
                 else:
                     draft.cancel()
         assert seen == ([{"type": "tts_cache", "hit": True, "characters": 12}] if adopted else [])
+
+
+async def test_a_dropped_draft_reports_what_it_was_billed_for_and_an_adopted_one_leaves_that_to_its_reply() -> None:
+    from voxline.observe import reporting_to
+
+    for adopted in (False, True):
+        seen: list[dict[str, Any]] = []
+        with reporting_to(seen.append):  # the session's observer
+            async with asyncio.TaskGroup() as tasks:
+                draft = _speaking_draft(_SlowLLM(["Hello ", "there. "], usage=(7, 2)), _RecordingTTS(), tasks)
+                await asyncio.sleep(0.2)  # written and its first piece synthesized
+                if adopted:  # the reply reads both, and reports their usage itself
+                    assert [d.output_tokens async for d in draft.replay()][-1] == 2
+                    speech = draft.speech("Hello there.", "joe")
+                    assert speech is not None and len([f async for f in speech]) == 2
+                draft.cancel()
+                draft.cancel()  # reported once
+        assert seen == ([] if adopted else [
+            {"type": "usage", "kind": "llm", "provider": "slow", "draft": "dropped", "input_tokens": 7,
+             "output_tokens": 2},
+            {"type": "usage", "kind": "tts", "provider": "recording", "draft": "dropped", "characters": 12}])

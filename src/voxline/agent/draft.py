@@ -9,7 +9,8 @@ speaking, or the final words differ, the draft is cancelled, which stops the LLM
 once.
 
 The price is work thrown away when the user only paused: local CPU time, or the tokens and characters billed by
-cloud providers (`[agent] draft_replies = false` turns drafting off).
+cloud providers (`[agent] draft_replies = false` turns drafting off). A dropped draft still reports what it was
+billed for (`usage` events with `"draft": "dropped"`), so the session's cost meter counts it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ class _Recording(Generic[T]):
     then the producer's error if it failed."""
 
     def __init__(self) -> None:
-        self._items: list[T] = []
+        self.items: list[T] = []
         self._changed = asyncio.Event()
         self._finished = False
         self._error: Exception | None = None
 
     def add(self, item: T) -> None:
-        self._items.append(item)
+        self.items.append(item)
         self._changed.set()
 
     def finish(self, error: Exception | None = None) -> None:
@@ -47,15 +48,15 @@ class _Recording(Generic[T]):
     async def replay(self) -> AsyncIterator[T]:
         served = 0
         while True:
-            while served < len(self._items):
+            while served < len(self.items):
                 served += 1
-                yield self._items[served - 1]
+                yield self.items[served - 1]
             if self._finished:
                 if self._error is not None:
                     raise self._error
                 return
             self._changed.clear()
-            if served == len(self._items):
+            if served == len(self.items):
                 await self._changed.wait()
 
 
@@ -66,6 +67,10 @@ class _HeldReports:
     def __init__(self) -> None:
         self._held: list[dict[str, Any]] | None = []  # None once released
         self._target: Observer | None = None
+
+    def served_from_cache(self) -> bool:
+        """Whether a TTS cache served the synthesis (nobody is charged for it then)."""
+        return any(e.get("type") == "tts_cache" and e.get("hit") for e in self._held or [])
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self._held is not None:
@@ -99,6 +104,9 @@ class Draft:
         self._reports = _HeldReports()
         self._speaking: asyncio.Task[None] | None = None
         self._cancelled = False
+        self._llm_name = llm.name
+        self._replayed = False  # a reply reads the LLM's deltas, and reports their usage, from then on
+        self._observer = current_observer()  # the session's, for what a dropped draft was billed
         stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature, tools=tools)
         self._task = tasks.create_task(self._pull(stream), name="draft-reply")
 
@@ -106,10 +114,29 @@ class Draft:
         return user_text == self.user_text and history_len == self.history_len and not self._cancelled
 
     def cancel(self) -> None:
+        """Stop the LLM and the TTS (called on adopted drafts too, once their reply is done)."""
+        if not self._cancelled:
+            self._report_unused()
         self._cancelled = True
         self._task.cancel()
         if self._speaking is not None:
             self._speaking.cancel()
+
+    def _report_unused(self) -> None:
+        """The usage of the work no reply took over: the LLM's reported tokens if no reply read them, and the
+        first piece's characters if it was synthesized (not from a cache) and never played. An LLM stream cut
+        before it reported its usage reports nothing."""
+        if self._observer is None:
+            return
+        if not self._replayed:
+            for delta in self._deltas.items:
+                if delta.input_tokens is not None or delta.output_tokens is not None:
+                    self._observer({"type": "usage", "kind": "llm", "provider": self._llm_name, "draft": "dropped",
+                                    "input_tokens": delta.input_tokens, "output_tokens": delta.output_tokens})
+        if self._speech is not None and self._first_piece is not None and self._tts is not None \
+                and not self._reports.served_from_cache():
+            self._observer({"type": "usage", "kind": "tts", "provider": self._tts.name, "draft": "dropped",
+                            "characters": len(self._first_piece)})
 
     async def _pull(self, stream: AsyncIterator[LLMDelta]) -> None:
         splitter = SentenceSplitter()  # the reply's own splitter finds the same first piece in the same tokens
@@ -146,6 +173,7 @@ class Draft:
 
     async def replay(self) -> AsyncIterator[LLMDelta]:
         """Everything the LLM has streamed so far, then the rest as it comes; stopping early stops the LLM."""
+        self._replayed = True
         try:
             async for delta in self._deltas.replay():
                 yield delta
