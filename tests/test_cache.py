@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +226,7 @@ async def test_failed_synthesis_fails_readers_and_stores_nothing(tmp_path: Path)
 
 @dataclass
 class PiperLike:
-    """Piper's cache identity without its model: a calibrated voice file and a private SynthesisConfig."""
+    """Piper's cache identity without its model: a calibrated voice file and its synthesis settings."""
 
     name: str = "piper"
     sample_rate: int = RATE
@@ -236,7 +236,7 @@ class PiperLike:
     def __post_init__(self) -> None:
         from piper.config import SynthesisConfig
 
-        self._syn_config = SynthesisConfig(length_scale=self.length_scale)
+        self.synthesis = asdict(SynthesisConfig(length_scale=self.length_scale))
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[AudioFrame]:
         yield audio(0, 0.1)

@@ -187,6 +187,9 @@ async def test_options_change_the_speech(model_store: ModelStore, tts: PiperTTS)
         for engine in (slow, loud, quiet):
             engine.close()
     assert 1.25 < slower.duration / normal.duration < 1.75
+    # what the TTS cache keys on besides the voice file
+    assert slow.synthesis["length_scale"] == 1.5 and quiet.synthesis["volume"] == 0.5
+    assert tts.synthesis != slow.synthesis
     assert 0.3 < np.abs(full).max() <= 1.0  # the voice's calibrated level, not scaled to full scale
     np.testing.assert_allclose(half, 0.5 * full, atol=2 / 32768)
 

@@ -19,7 +19,6 @@ Hit ratio and bytes saved are Prometheus metrics in the `CollectorRegistry` give
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import json
 import logging
@@ -39,9 +38,10 @@ log = logging.getLogger(__name__)
 Observer = Callable[[dict[str, Any]], None]
 
 # Provider attributes that change the audio for the same text and voice (OpenAI: model, speed, instructions,
-# response_format; ElevenLabs: model_id, voice_settings, output_format; Piper: "<voice file>@calibrated").
+# response_format; ElevenLabs: model_id, voice_settings, output_format; Piper: "<voice file>@calibrated" and
+# `synthesis`, its speaker, length, noise and volume settings).
 SHAPING_ATTRS = ("model", "model_id", "speed", "instructions", "response_format", "output_format", "voice_settings",
-                 "language")
+                 "language", "synthesis")
 VOICE_ATTRS = ("voice", "voice_id")  # the default voice, used when a request names none
 
 
@@ -61,10 +61,6 @@ def default_voice(provider: Any) -> str:
 def identity(provider: Any) -> dict[str, Any]:
     """What shapes `provider`'s audio besides text and voice, for the cache key (JSON-able)."""
     out: dict[str, Any] = {a: v for a in SHAPING_ATTRS if (v := getattr(provider, a, None)) is not None}
-    # Piper keeps length_scale, noise, volume and speaker in a private SynthesisConfig (no public attribute)
-    config = getattr(provider, "_syn_config", None)
-    if config is not None and dataclasses.is_dataclass(config) and not isinstance(config, type):
-        out["synthesis"] = dataclasses.asdict(config)
     inner = getattr(provider, "tts", None)  # a TTS transforming another one's audio (MatchedVoiceTTS)
     if inner is not None and callable(getattr(inner, "synthesize", None)):
         out["of"] = {"name": str(getattr(inner, "name", "")), "voice": default_voice(inner), **identity(inner)}

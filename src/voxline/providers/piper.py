@@ -31,7 +31,7 @@ import re
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,9 @@ class PiperTTS:
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale,
                                            noise_scale=noise_scale, noise_w_scale=noise_w_scale,
                                            volume=volume)
+        self.synthesis: dict[str, Any] = asdict(self._syn_config)
+        """Speaker, length, noise and volume settings: with `model`, what shapes the audio besides text and voice
+        (the TTS cache keys on both)."""
         path = Path(model) if model is not None else (store or ModelStore()).path("piper-joe") / DEFAULT_MODEL
         self._default = _Voice(path, threads, spin_wait, stream)
         self.sample_rate = self._default.sample_rate
