@@ -461,3 +461,18 @@ async def test_a_dropped_draft_reports_what_it_was_billed_for_and_an_adopted_one
             {"type": "usage", "kind": "llm", "provider": "slow", "draft": "dropped", "input_tokens": 7,
              "output_tokens": 2},
             {"type": "usage", "kind": "tts", "provider": "recording", "draft": "dropped", "characters": 12}])
+
+
+def test_the_pre_roll_keeps_the_last_frames_up_to_its_length() -> None:
+    import numpy as np
+
+    from voxline.agent.session import _PreRoll
+
+    pre = _PreRoll(0.4)
+    for i in range(50):  # 1 s of 20 ms frames, each holding its index
+        pre.append(AudioFrame(np.full((320, 1), i, np.int16), 16000))
+    frames = pre.take()
+    assert [int(f.samples[0, 0]) for f in frames] == list(range(30, 50))  # the last 0.4 s
+    assert pre.take() == []
+    pre.append(AudioFrame(np.zeros((16000, 1), np.int16), 16000))  # one frame longer than the pre-roll: dropped
+    assert pre.take() == []

@@ -86,6 +86,31 @@ def is_echo(user_text: str, agent_text: str) -> bool:
     return sum(p in agent_pairs for p in user_pairs) / len(user_pairs) >= 0.6
 
 
+class _PreRoll:
+    """The last `seconds` of audio before speech started, so the STT hears the first syllable. Its length is kept as
+    a running total: this runs on every frame of every caller who is not speaking."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._frames: deque[AudioFrame] = deque()
+        self._length_s = 0.0
+
+    def append(self, frame: AudioFrame) -> None:
+        self._frames.append(frame)
+        self._length_s += frame.duration
+        while self._length_s > self.seconds + 1e-6 and self._frames:  # (20 x 0.02 s sums to a hair over 0.4)
+            self._length_s -= self._frames.popleft().duration
+
+    def take(self) -> list[AudioFrame]:
+        frames = list(self._frames)
+        self.clear()
+        return frames
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._length_s = 0.0
+
+
 @dataclass
 class _UserTurn:
     """The user's turn in progress: its STT stream, the reader of that stream, and the latest text."""
@@ -124,7 +149,7 @@ class Session:
         """False: a finished user turn joins the context, and a `respond` event asks for the reply."""
         self.timelines: list[TurnTimeline] = []
         self._resampler: Resampler | None = None
-        self._pre_roll: deque[AudioFrame] = deque()
+        self._pre_roll = _PreRoll(PRE_ROLL_S)
         self._user: _UserTurn | None = None
         self._reply: asyncio.Task[None] | None = None
         self._replies: list[asyncio.Task[None]] = []
@@ -221,8 +246,6 @@ class Session:
             self._user.audio_s += mono.duration
         else:
             self._pre_roll.append(mono)
-            while sum(f.duration for f in self._pre_roll) > PRE_ROLL_S:
-                self._pre_roll.popleft()
         for event in events:
             await self._on_turn_event(event)
         if self._user is not None and self._agent_speaking():
@@ -274,9 +297,8 @@ class Session:
         user = _UserTurn(stream, time.monotonic(), timeline)
         user.reader = self._tasks.create_task(self._read_transcripts(user))
         self._user = user
-        for frame in self._pre_roll:
+        for frame in self._pre_roll.take():
             await stream.send(frame)
-        self._pre_roll.clear()
 
     async def _read_transcripts(self, user: _UserTurn) -> None:
         try:
