@@ -287,9 +287,6 @@ class PiperTTS:
         self._syn_config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale,
                                            noise_scale=noise_scale, noise_w_scale=noise_w_scale,
                                            volume=volume)
-        self.synthesis: dict[str, Any] = asdict(self._syn_config)
-        """Speaker, length, noise and volume settings: with `model`, what shapes the audio besides text and voice
-        (the TTS cache keys on both)."""
         path = Path(model) if model is not None else (store or ModelStore()).path("piper-joe") / DEFAULT_MODEL
         self._default = _Voice(path, threads, spin_wait, stream)
         self.sample_rate = self._default.sample_rate
@@ -301,6 +298,12 @@ class PiperTTS:
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="piper")
         self._busy = 0
         self._busy_lock = threading.Lock()
+
+    @property
+    def synthesis(self) -> dict[str, Any]:
+        """Speaker, length, noise and volume settings: with `model`, what shapes the audio besides text and voice
+        (the TTS cache keys on both)."""
+        return asdict(self._syn_config)
 
     @property
     def busy(self) -> int:
