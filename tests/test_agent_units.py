@@ -95,11 +95,13 @@ def test_a_reply_record_gives_each_tool_round_the_heard_words_of_its_own_pieces(
         return c, record
 
     c, record = reply(5.0)
-    assert [m.content for m in c.messages] == [
+    c.messages.insert(0, Message("assistant", "It is sunny. Anything else?"))  # an earlier, equal message stays
+    assert [m.content for m in c.messages[1:]] == [
         "weather and forecast?", "Let me check.", "sunny", "One moment. And the forecast too.", "dry",
         "It is sunny. Anything else?"]
     record.rewrite(heard_per_piece(spans, 1.5))  # the caller stopped playback in the filler
-    assert [m.content for m in c.messages] == ["weather and forecast?", "Let me check.", "sunny", "One", "dry"]
+    assert [m.content for m in c.messages] == ["It is sunny. Anything else?", "weather and forecast?", "Let me check.",
+                                               "sunny", "One", "dry"]
 
     c, _ = reply(0.5)  # cut inside the first preamble: nothing after it was heard
     assert [m.content for m in c.messages] == ["weather and forecast?", "Let me", "sunny", "", "dry"]

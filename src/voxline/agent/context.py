@@ -78,7 +78,7 @@ class ReplyRecord:
             if rest:
                 self.closing.content = rest
             else:
-                messages.remove(self.closing)
+                del messages[next(i for i, m in enumerate(messages) if m is self.closing)]  # (not an equal one)
                 self.closing = None
 
     def _cut(self, heard: list[str]) -> str:
