@@ -86,10 +86,12 @@ def test_a_reply_record_gives_each_tool_round_the_heard_words_of_its_own_pieces(
         c = Conversation("be brief")
         c.add_user("weather and forecast?")
         record = ReplyRecord(c)
-        record.tool_round(1, Message("assistant", "Let me check.", tool_calls=[{"id": "a"}]))
+        record.pieces = 1  # "Let me check." queued
+        record.tool_round(Message("assistant", "Let me check.", tool_calls=[{"id": "a"}]))
         c.messages.append(Message("tool", "sunny", tool_call_id="a"))
         # the filler played while the first call ran belongs to the round after it
-        record.tool_round(3, Message("assistant", "And the forecast too.", tool_calls=[{"id": "b"}]))
+        record.pieces = 3
+        record.tool_round(Message("assistant", "And the forecast too.", tool_calls=[{"id": "b"}]))
         c.messages.append(Message("tool", "dry", tool_call_id="b"))
         record.close(heard_per_piece(spans, played_s))
         return c, record

@@ -47,18 +47,20 @@ class ReplyRecord:
     """The messages one reply adds to the conversation, cut to what the caller heard.
 
     A reply that calls tools adds one tool-call message per round, whose text is what the LLM said before the call
-    (a preamble, spoken while the tools run), and ends with a closing message. Each round remembers how many
-    pieces had been queued for speech before it, so a barge-in during the preamble cuts that message, not only the
-    closing one.
+    (a preamble, spoken while the tools run), and ends with a closing message. The reply counts the pieces it
+    queues for speech (`pieces`), and each round remembers that count, so a barge-in during the preamble cuts that
+    message, not only the closing one.
     """
 
     conversation: Conversation
+    pieces: int = 0
+    """Pieces the reply has queued for speech so far."""
     rounds: list[tuple[int, Message]] = field(default_factory=list)
     closing: Message | None = None
 
-    def tool_round(self, pieces_before: int, message: Message) -> None:
-        """`message` asks for tool calls after the reply's first `pieces_before` pieces."""
-        self.rounds.append((pieces_before, message))
+    def tool_round(self, message: Message) -> None:
+        """`message` asks for tool calls after the pieces queued so far."""
+        self.rounds.append((self.pieces, message))
         self.conversation.messages.append(message)
 
     def close(self, heard: list[str]) -> None:
@@ -69,8 +71,10 @@ class ReplyRecord:
         """The caller reports having heard less than was recorded (a truncate after the reply ended): cut again,
         unless the conversation has gone on since (a user message after the reply's first one)."""
         own = [m for _, m in self.rounds] + ([self.closing] if self.closing is not None else [])
+        if not own:
+            return
         messages = self.conversation.messages
-        start = next((i for i, m in enumerate(messages) if own and m is own[0]), None)
+        start = next((i for i, m in enumerate(messages) if m is own[0]), None)
         if start is None or any(m.role == "user" for m in messages[start:]):
             return
         rest = self._cut(heard)
@@ -85,12 +89,13 @@ class ReplyRecord:
         """Give each tool-call message the heard words of its own pieces; return those heard after the last one."""
         start = 0
         for end, message in self.rounds:
-            message.content = _joined(heard[start:end])
+            message.content = join_heard(heard[start:end])
             start = end
-        return _joined(heard[start:])
+        return join_heard(heard[start:])
 
 
-def _joined(pieces: list[str]) -> str:
+def join_heard(pieces: list[str]) -> str:
+    """The heard words of some pieces (`heard_per_piece`) as one text, single-spaced."""
     return " ".join(" ".join(pieces).split())
 
 
@@ -125,4 +130,4 @@ def heard_per_piece(pieces: list[tuple[str, float, float]], played_until: float)
 
 def words_heard(pieces: list[tuple[str, float, float]], played_until: float) -> str:
     """The text heard when playback stopped at `played_until` seconds into the reply's audio (`heard_per_piece`)."""
-    return " ".join(text for text in heard_per_piece(pieces, played_until) if text)
+    return join_heard(heard_per_piece(pieces, played_until))

@@ -16,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from voxline.agent.context import heard_per_piece
+from voxline.agent.context import heard_per_piece, join_heard
 from voxline.agent.timeline import TurnTimeline
 from voxline.audio.frame import AudioFrame, Resampler
 from voxline.transports.base import Transport
@@ -146,7 +146,7 @@ class Playout:
 
     def heard(self, played_s: float | None = None) -> str:
         """The words the caller heard, up to `played_s` seconds of reply audio (default: as played so far)."""
-        return " ".join(text for text in self.heard_pieces(played_s) if text)
+        return join_heard(self.heard_pieces(played_s))
 
     def heard_pieces(self, played_s: float | None = None) -> list[str]:
         """The heard words of each piece begun, in order, up to `played_s` seconds of reply audio (see `heard`).

@@ -22,7 +22,7 @@ from itertools import pairwise
 from typing import Any
 
 from voxline.agent.config import AgentConfig, turn_options
-from voxline.agent.context import Conversation, ReplyRecord
+from voxline.agent.context import Conversation, ReplyRecord, join_heard
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter
@@ -497,7 +497,7 @@ class Session:
             raise
         finally:
             heard_pieces = playout.heard_pieces()
-            heard = " ".join(" ".join(heard_pieces).split())
+            heard = join_heard(heard_pieces)
             record.close(heard_pieces)
             if interrupted:
                 self.emit({"type": "interrupted", "heard": heard, "planned": playout.text_so_far()})
@@ -525,11 +525,9 @@ class Session:
         """LLM tokens -> speakable pieces, queued for the TTS as soon as each is complete (the first round from
         `draft` when the reply was drafted in the pause); tool-call rounds go to `record`."""
         splitter = SentenceSplitter()
-        queued = 0
 
         async def say(piece: str) -> None:
-            nonlocal queued
-            queued += 1
+            record.pieces += 1
             await pieces.put(piece)
 
         try:
@@ -561,7 +559,7 @@ class Session:
                     break
                 for piece in splitter.flush():  # what was said before the call is spoken while the tools run
                     await say(piece)
-                await self._run_tools(tools, "".join(said), calls, say, record, queued)
+                await self._run_tools(tools, "".join(said), calls, say, record)
             for piece in splitter.flush():
                 timeline.mark("first_sentence")
                 await say(piece)
@@ -569,10 +567,10 @@ class Session:
             pieces.put_nowait(None)
 
     async def _run_tools(self, tools: ToolBox, said: str, calls: list[ToolCall],
-                         say: Callable[[str], Awaitable[None]], record: ReplyRecord, spoken: int) -> None:
+                         say: Callable[[str], Awaitable[None]], record: ReplyRecord) -> None:
         """Run the calls the LLM asked for (cancelled with the reply on barge-in); if they are slow, say a filler
         meanwhile. Calls and results join the conversation, so the next LLM round (and later turns) see them; the
-        call's message holds `said`, the reply's first `spoken` pieces, until the reply ends (`ReplyRecord`)."""
+        call's message holds `said` until the reply ends and keeps what was heard of it (`ReplyRecord`)."""
         for call in calls:
             self.emit({"type": "tool_call", "name": call.name, "arguments": call.arguments})
         running = [tools.start(call) for call in calls]
@@ -584,7 +582,7 @@ class Session:
         finally:
             for task in running:
                 task.cancel()
-        record.tool_round(spoken, ToolBox.assistant_message(said, calls))
+        record.tool_round(ToolBox.assistant_message(said, calls))
         for result in results:
             self.conversation.messages.append(result.message())
             self.emit({"type": "tool_result", "name": result.call.name, "error": result.is_error,
