@@ -187,6 +187,7 @@ SETTINGS = [
     _smart("old: ST>=0.8 + transcript, cap 1.6", **OLD),
     _smart("tiers, STT and model at 0.25 s", pause_s=0.25, silence_event_s=0.25),  # before 12-01
     _smart("tiers, STT at 0.1 s, model at 0.25 s", pause_s=0.25),
+    _smart("tiers, model asked at the pause", model_lead_s=0.0),  # before 12-02
     _smart("tiers, defaults"),
 ]
 

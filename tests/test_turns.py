@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -249,7 +250,92 @@ def test_speech_again_clears_the_verdict() -> None:
     assert m.turn_probability is None and m.in_speech
 
 
+class _ScriptedVAD:
+    """A VAD whose one stream gives one probability per pushed 512-sample frame, from a script."""
+
+    name = "scripted"
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = iter(probs)
+
+    def stream(self) -> _ScriptedVAD:
+        return self
+
+    window_samples = 512
+
+    async def windows(self, frame: AudioFrame) -> list[tuple[int, float]]:
+        return [(frame.num_frames, next(self.probs))]
+
+    def reset(self) -> None:
+        pass
+
+
+class _SlowModel:
+    """A turn model that thinks for `seconds[i]` on its i-th question (wall clock), recording the audio it was asked
+    about and the questions dropped."""
+
+    name = "slow"
+
+    def __init__(self, *seconds: float) -> None:
+        self.seconds = seconds
+        self.heard: list[AudioFrame] = []
+        self.dropped = 0
+
+    async def completion_probability(self, audio: AudioFrame) -> float:
+        self.heard.append(audio)
+        try:
+            await asyncio.sleep(self.seconds[len(self.heard) - 1])
+        except asyncio.CancelledError:
+            self.dropped += 1
+            raise
+        return 0.95
+
+
+async def _push_windows(det: SmartTurnDetector, probs: list[float], transcript: str) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for i in range(len(probs)):
+        frame = AudioFrame.silence(W, 16000).with_timestamp(i * W)
+        out += [(e.kind, round(e.time, 3)) for e in await det.push(frame)]
+        if det.in_speech and det.silent:
+            det.set_transcript(transcript)  # the pause's words are in early (the STT decodes from `silence`)
+        await asyncio.sleep(0)  # between frames the event loop runs other tasks (the model's), as live
+    return out
+
+
+async def test_the_model_is_asked_model_lead_s_before_the_pause_and_its_verdict_read_there() -> None:
+    probs = seq((0.9, 0.64), (0.0, 0.64))
+    model = _SlowModel(0.2)  # still thinking at the pause: the detector waits for its verdict there
+    det = SmartTurnDetector(_ScriptedVAD(probs), model, TurnOptions(detector="smart"))  # type: ignore[arg-type]
+    events = await _push_windows(det, probs, "Book a table for two.")
+    pause = dict(events)["pause"]
+    assert events[-1] == ("turn_ended", pause)
+    (clip,) = model.heard
+    assert clip.timestamp + clip.duration == pytest.approx(pause - 0.064, abs=1e-6)  # asked 2 windows before
+
+
+async def test_speech_between_the_question_and_the_pause_drops_the_verdict() -> None:
+    # silence long enough to ask (0.288 s), then speech before the pause, then a real pause
+    probs = seq((0.9, 0.64), (0.0, 0.288), (0.9, 0.32), (0.0, 0.64))
+    model = _SlowModel(10.0, 0.0)  # the first question is still open when the speaker goes on
+    det = SmartTurnDetector(_ScriptedVAD(probs), model, TurnOptions(detector="smart"))  # type: ignore[arg-type]
+    events = await _push_windows(det, probs, "Book a table for two.")
+    assert [k for k, _ in events] == ["speech_started", "silence", "silence", "pause", "turn_ended"]
+    assert model.dropped == 1 and len(model.heard) == 2
+
+
+async def test_no_lead_asks_the_model_at_the_pause() -> None:
+    probs = seq((0.9, 0.64), (0.0, 0.64))
+    model = _SlowModel(0.0)
+    det = SmartTurnDetector(_ScriptedVAD(probs), model,  # type: ignore[arg-type]
+                            TurnOptions(detector="smart", model_lead_s=0.0))
+    events = await _push_windows(det, probs, "Book a table for two.")
+    (clip,) = model.heard
+    assert clip.timestamp + clip.duration == pytest.approx(dict(events)["pause"], abs=1e-6)
+
+
 def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="model_lead_s"):
+        TurnOptions(model_lead_s=0.5)
     with pytest.raises(ConfigError):
         TurnOptions(silence_s=0.0)
     with pytest.raises(ConfigError):
@@ -363,8 +449,9 @@ async def test_smart_detector_hears_the_turn_so_far(utterances: list[AudioFrame]
     (clip,) = heard
     pause = events[2].time
     start = events[0].time
-    # the turn so far: from 0.2 s before its speech began (at least 0.2 s before speech_started) up to the pause
-    assert clip.timestamp + clip.duration == pytest.approx(pause, abs=0.021)
+    # the turn so far: from 0.2 s before its speech began (at least 0.2 s before speech_started) up to the moment
+    # the model was asked, `model_lead_s` before the pause
+    assert clip.timestamp + clip.duration == pytest.approx(pause - TurnOptions().model_lead_s, abs=0.021)
     assert 1.0 - 0.2 - 0.05 <= clip.timestamp <= start - 0.4
     assert pause < events[3].time <= pause + 0.033  # the transcript came right after the pause event
 
