@@ -4,7 +4,8 @@ For each file: connect a real `websockets` client to a real uvicorn server runni
 utterance (the body faster than real time, the last second and the trailing silence in real time, so endpointing
 waits as long as it would for a live caller), and time from the last voiced frame sent to the first reply audio
 byte received. The server's own per-stage timeline comes back as the `timeline` event (with `drafted`: the reply
-took over a draft made in the pause; the summary counts them). A reply to a turn ended
+took over a draft made in the pause, and `drafts`: the drafts started in the turn, each one not adopted thrown
+away; the summary sums both). A reply to a turn ended
 too early (inside the utterance, then cut by the speaker going on) is counted as premature, not timed: the turn
 measured is the one answered after the speech really ended.
 
@@ -199,6 +200,7 @@ async def main_async(args: argparse.Namespace) -> None:
                "v2v_ms_p90": round(pct(v2v, 90), 1),
                "premature_replies": sum(r["premature_replies"] for r in results),
                "drafted_replies": sum(bool(r.get("timeline", {}).get("drafted")) for r in results),
+               "drafts_started": sum(r.get("timeline", {}).get("drafts", 0) for r in results),
                "median_turn_s": round(statistics.median(r["duration_s"] for r in results), 2)}
     if baselines:
         summary["sequential_baseline_ms_median"] = round(statistics.median(baselines), 1)

@@ -365,7 +365,8 @@ async def test_a_reply_drafted_in_the_pause_is_used_when_the_turn_ends_there(vad
     stages = next(e for e in t.events if e["type"] == "timeline")["stages_ms"]
     # The last draft was adopted: its 300 ms to the first token, and the TTS's 300 ms to the first piece's audio,
     # passed while the detector waited out the silence.
-    assert next(e for e in t.events if e["type"] == "timeline")["drafted"]
+    timeline = next(e for e in t.events if e["type"] == "timeline")
+    assert timeline["drafted"] and timeline["drafts"] == len(llm.calls)  # every LLM call was a draft
     assert stages["llm_first_token"] - stages["final_transcript"] < 150
     assert stages["tts_first_audio"] - stages["final_transcript"] < 150
     assert [m.content for m in session.conversation.messages] == ["what time is it", llm.reply]
@@ -408,6 +409,8 @@ async def test_a_draft_is_dropped_when_the_user_goes_on_or_the_words_change(vad_
     assert asked[-1] == "what time is it in Paris" and len(asked) >= 3 and set(asked[:-1]) == {"what time"}
     assert isinstance(stack.stt, PausingSTT) and stack.stt.resumed >= 1  # the stream heard the user went on
     assert [e["text"] for e in t.events if e["type"] == "agent_done"] == [llm.reply]  # one reply, to the final
+    timeline = next(e for e in t.events if e["type"] == "timeline")
+    assert not timeline["drafted"] and timeline["drafts"] == len(asked) - 1  # all thrown away
     assert [m.content for m in session.conversation.messages] == ["what time is it in Paris", llm.reply]
 
 

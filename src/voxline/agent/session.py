@@ -386,6 +386,7 @@ class Session:
             self._drop_draft()
         assert self._tasks is not None
         tools = self.stack.tools
+        user.timeline.drafts += 1
         self._draft = Draft(self.stack.llm, self.conversation.for_llm_with_user(text), text,
                             len(self.conversation.messages), tasks=self._tasks,
                             max_tokens=self.config.agent.max_tokens, temperature=self.config.agent.temperature,

@@ -22,6 +22,9 @@ class TurnTimeline:
     drafted: bool = False
     """The reply took over a draft made in the pause (`voxline.agent.draft`): its LLM, and perhaps the audio of its
     first piece, started before the turn ended."""
+    drafts: int = 0
+    """Replies drafted during this turn's pauses, the adopted one included: the speculative LLM work the turn cost
+    (each one not adopted was thrown away)."""
 
     def mark(self, stage: str, at: float | None = None) -> None:
         """Record `stage` at monotonic time `at` (now by default); the first mark of a stage wins."""
@@ -48,4 +51,5 @@ class TurnTimeline:
     def as_event(self) -> dict[str, Any]:
         v2v = self.voice_to_voice
         return {"type": "timeline", "turn": self.turn, "stages_ms": self.relative_ms(),
-                "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1), "drafted": self.drafted}
+                "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1), "drafted": self.drafted,
+                "drafts": self.drafts}
