@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from voxline.agent.config import AgentConfig
-from voxline.agent.context import Conversation, ReplyRecord, heard_per_piece, words_heard
+from voxline.agent.context import Conversation, ReplyRecord, heard_per_piece, join_heard
 from voxline.agent.draft import Draft
 from voxline.agent.playout import Playout
 from voxline.agent.sentences import SentenceSplitter, split_sentences
@@ -64,12 +64,16 @@ def test_a_long_first_sentence_without_commas_is_cut_before_a_conjunction() -> N
     assert split_sentences(text) == [text]  # whole texts (Piper) are cut at sentence ends only
 
 
-def test_words_heard_follows_playout_position() -> None:
+def test_words_heard_follow_the_playout_position() -> None:
     spans = [("Hello there.", 0.0, 1.0), ("The weather is sunny today.", 1.0, 3.0)]
-    assert words_heard(spans, 0.0) == ""
-    assert words_heard(spans, 1.0) == "Hello there."
-    assert words_heard(spans, 5.0) == "Hello there. The weather is sunny today."
-    partial = words_heard(spans, 1.9)
+
+    def words_heard(played_until: float) -> str:
+        return join_heard(heard_per_piece(spans, played_until))
+
+    assert words_heard(0.0) == ""
+    assert words_heard(1.0) == "Hello there."
+    assert words_heard(5.0) == "Hello there. The weather is sunny today."
+    partial = words_heard(1.9)
     assert partial.startswith("Hello there. The weather")
     assert "today" not in partial
 

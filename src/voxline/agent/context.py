@@ -126,8 +126,3 @@ def heard_per_piece(pieces: list[tuple[str, float, float]], played_until: float)
         heard.append(" ".join(kept))
         break
     return heard
-
-
-def words_heard(pieces: list[tuple[str, float, float]], played_until: float) -> str:
-    """The text heard when playback stopped at `played_until` seconds into the reply's audio (`heard_per_piece`)."""
-    return join_heard(heard_per_piece(pieces, played_until))
