@@ -5,12 +5,13 @@ Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detec
 - `energy`: RMS level over 20 ms windows, 0.3 s of silence ends the turn. No model; the baseline.
 - `silero`: Silero VAD probabilities with silence endpointing (`silence_s`, 0.8 s by default).
 - `smart`:  Silero + Smart Turn + the interim transcript. At each pause (`pause_s` of silence) the turn
-  model hears the turn so far, and the transcript of the pause (`transcript_signal`) says whether the words
-  read as finished. Tiers: model confident AND words complete -> the turn ends at once; words complete, model
-  unsure -> after `complete_silence_s`; words incomplete or model confidently "not done" -> only at
-  `max_silence_s`; no usable transcript yet -> after `unknown_silence_s`, like silence endpointing. Read or
-  hesitant speech pauses mid-sentence in a way that *sounds* final to an acoustic model alone; the words say
-  otherwise, and the model is unsure at many true ends of read sentences, where the words are clear.
+  model's verdict on the turn so far (asked `model_lead_s` before, so it is in by then) and the transcript of
+  the pause (`transcript_signal`) say whether the turn sounds and reads as finished. Tiers: model confident
+  AND words complete -> the turn ends at once; words complete, model unsure -> after `complete_silence_s`;
+  words incomplete or model confidently "not done" -> only at `max_silence_s`; no usable transcript yet ->
+  after `unknown_silence_s`, like silence endpointing. Read or hesitant speech pauses mid-sentence in a way
+  that *sounds* final to an acoustic model alone; the words say otherwise, and the model is unsure at many
+  true ends of read sentences, where the words are clear.
 
 Every detector also reports the start of each silent stretch inside a turn: `silence` after `silence_event_s` (the
 session starts the STT's speculative final there, so the words are in early), `pause` after `pause_s`.
