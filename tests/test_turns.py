@@ -271,24 +271,25 @@ class _ScriptedVAD:
 
 
 class _SlowModel:
-    """A turn model that thinks for `seconds[i]` on its i-th question (wall clock), recording the audio it was asked
-    about and the questions dropped."""
+    """A turn model whose i-th answer is `answers[i]`: (seconds it thinks, wall clock; verdict). It records the audio
+    it was asked about and the questions dropped."""
 
     name = "slow"
 
-    def __init__(self, *seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, *answers: tuple[float, float]) -> None:
+        self.answers = answers
         self.heard: list[AudioFrame] = []
         self.dropped = 0
 
     async def completion_probability(self, audio: AudioFrame) -> float:
         self.heard.append(audio)
+        seconds, verdict = self.answers[len(self.heard) - 1]
         try:
-            await asyncio.sleep(self.seconds[len(self.heard) - 1])
+            await asyncio.sleep(seconds)
         except asyncio.CancelledError:
             self.dropped += 1
             raise
-        return 0.95
+        return verdict
 
 
 async def _push_windows(det: SmartTurnDetector, probs: list[float], transcript: str) -> list[tuple[str, float]]:
@@ -302,21 +303,34 @@ async def _push_windows(det: SmartTurnDetector, probs: list[float], transcript: 
     return out
 
 
-async def test_the_model_is_asked_model_lead_s_before_the_pause_and_its_verdict_read_there() -> None:
+async def test_an_early_confident_verdict_ends_the_turn_at_the_pause() -> None:
     probs = seq((0.9, 0.64), (0.0, 0.64))
-    model = _SlowModel(0.2)  # still thinking at the pause: the detector waits for its verdict there
+    model = _SlowModel((0.2, 0.95))  # still thinking at the pause: the detector waits for its verdict there
     det = SmartTurnDetector(_ScriptedVAD(probs), model, TurnOptions(detector="smart"))  # type: ignore[arg-type]
     events = await _push_windows(det, probs, "Book a table for two.")
     pause = dict(events)["pause"]
     assert events[-1] == ("turn_ended", pause)
-    (clip,) = model.heard
-    assert clip.timestamp + clip.duration == pytest.approx(pause - 0.064, abs=1e-6)  # asked 2 windows before
+    (clip,) = model.heard  # asked once, 2 windows (`model_lead_s`) before the pause
+    assert clip.timestamp + clip.duration == pytest.approx(pause - 0.064, abs=1e-6)
+
+
+async def test_an_early_verdict_short_of_confident_is_asked_again_with_the_whole_pause() -> None:
+    probs = seq((0.9, 0.64), (0.0, 1.28))
+    model = _SlowModel((0.0, 0.1), (0.0, 0.5))  # early: "not done"; at the pause: unsure
+    det = SmartTurnDetector(_ScriptedVAD(probs), model, TurnOptions(detector="smart"))  # type: ignore[arg-type]
+    events = await _push_windows(det, probs, "Book a table for two.")
+    pause = dict(events)["pause"]
+    early, whole = model.heard
+    assert early.timestamp + early.duration == pytest.approx(pause - 0.064, abs=1e-6)
+    assert whole.timestamp + whole.duration == pytest.approx(pause, abs=1e-6)
+    # the second verdict counts: complete words, an unsure model -> `complete_silence_s`, not the 1.6 s cap
+    assert events[-1] == ("turn_ended", round(0.64 + 0.608, 3))
 
 
 async def test_speech_between_the_question_and_the_pause_drops_the_verdict() -> None:
     # silence long enough to ask (0.288 s), then speech before the pause, then a real pause
     probs = seq((0.9, 0.64), (0.0, 0.288), (0.9, 0.32), (0.0, 0.64))
-    model = _SlowModel(10.0, 0.0)  # the first question is still open when the speaker goes on
+    model = _SlowModel((10.0, 0.95), (0.0, 0.95))  # the first question is still open when the speaker goes on
     det = SmartTurnDetector(_ScriptedVAD(probs), model, TurnOptions(detector="smart"))  # type: ignore[arg-type]
     events = await _push_windows(det, probs, "Book a table for two.")
     assert [k for k, _ in events] == ["speech_started", "silence", "silence", "pause", "turn_ended"]
@@ -325,7 +339,7 @@ async def test_speech_between_the_question_and_the_pause_drops_the_verdict() -> 
 
 async def test_no_lead_asks_the_model_at_the_pause() -> None:
     probs = seq((0.9, 0.64), (0.0, 0.64))
-    model = _SlowModel(0.0)
+    model = _SlowModel((0.0, 0.5))
     det = SmartTurnDetector(_ScriptedVAD(probs), model,  # type: ignore[arg-type]
                             TurnOptions(detector="smart", model_lead_s=0.0))
     events = await _push_windows(det, probs, "Book a table for two.")
@@ -446,11 +460,11 @@ async def test_smart_detector_hears_the_turn_so_far(utterances: list[AudioFrame]
     audio = AudioFrame.concat([AudioFrame.silence(1.0, 16000), utt, AudioFrame.silence(2.0, 16000)])
     events = await push_all(det, audio, transcript="Go forward ten meters.")
     assert [e.kind for e in events] == ["speech_started", "silence", "pause", "turn_ended"]
-    (clip,) = heard
+    (clip,) = heard  # confident `model_lead_s` before the pause: that verdict stands
     pause = events[2].time
     start = events[0].time
     # the turn so far: from 0.2 s before its speech began (at least 0.2 s before speech_started) up to the moment
-    # the model was asked, `model_lead_s` before the pause
+    # the model was asked
     assert clip.timestamp + clip.duration == pytest.approx(pause - TurnOptions().model_lead_s, abs=0.021)
     assert 1.0 - 0.2 - 0.05 <= clip.timestamp <= start - 0.4
     assert pause < events[3].time <= pause + 0.033  # the transcript came right after the pause event

@@ -5,13 +5,13 @@ Three detectors behind one `TurnDetector` protocol, chosen by `TurnOptions.detec
 - `energy`: RMS level over 20 ms windows, 0.3 s of silence ends the turn. No model; the baseline.
 - `silero`: Silero VAD probabilities with silence endpointing (`silence_s`, 0.8 s by default).
 - `smart`:  Silero + Smart Turn + the interim transcript. At each pause (`pause_s` of silence) the turn
-  model's verdict on the turn so far (asked `model_lead_s` before, so it is in by then) and the transcript of
-  the pause (`transcript_signal`) say whether the turn sounds and reads as finished. Tiers: model confident
-  AND words complete -> the turn ends at once; words complete, model unsure -> after `complete_silence_s`;
-  words incomplete or model confidently "not done" -> only at `max_silence_s`; no usable transcript yet ->
-  after `unknown_silence_s`, like silence endpointing. Read or hesitant speech pauses mid-sentence in a way
-  that *sounds* final to an acoustic model alone; the words say otherwise, and the model is unsure at many
-  true ends of read sentences, where the words are clear.
+  model's verdict on the turn so far and the transcript of the pause (`transcript_signal`) say whether the turn
+  sounds and reads as finished (a confident verdict asked `model_lead_s` before the pause counts at once).
+  Tiers: model confident AND words complete -> the turn ends at once; words complete, model unsure -> after
+  `complete_silence_s`; words incomplete or model confidently "not done" -> only at `max_silence_s`; no usable
+  transcript yet -> after `unknown_silence_s`, like silence endpointing. Read or hesitant speech pauses
+  mid-sentence in a way that *sounds* final to an acoustic model alone; the words say otherwise, and the model
+  is unsure at many true ends of read sentences, where the words are clear.
 
 Every detector also reports the start of each silent stretch inside a turn: `silence` after `silence_event_s` (the
 session starts the STT's speculative final there, so the words are in early), `pause` after `pause_s`.
@@ -110,9 +110,11 @@ class TurnOptions:
     (0.25 s) sooner than if the decode waited for `pause_s` (see docs/turn-taking.md). Not above `pause_s`."""
 
     model_lead_s: float = 0.064
-    """Smart detector: how long before the pause Smart Turn is asked, so that its verdict (25-40 ms on 2 cores,
-    more under load) is in at the pause rather than that long after it. The model then hears the turn with this
-    much less of its silence (docs/turn-taking.md). 0: ask at the pause itself."""
+    """Smart detector: how long before the pause Smart Turn is first asked. A confident early verdict
+    (>= `turn_threshold`) stands, so a turn it ends at the pause is decided there rather than one model call (25-40
+    ms on 2 cores, more under load) after it. Any other is asked again at the pause, hearing the whole silence, and
+    that verdict counts: heard 0.064 s sooner, Smart Turn said "not done" on dev turns it was only unsure about at
+    the pause (docs/turn-taking.md). 0: ask at the pause only."""
 
     max_silence_s: float = 1.6
     """Smart detector: the turn ends after this much silence even if model or transcript say it is not
@@ -518,9 +520,9 @@ class SmartTurnDetector(VADTurnDetector):
         self._audio: deque[AudioFrame] = deque()  # recent audio, kept to the last `keep_s`
         self._audio_s = 0.0
         self.keep_s = 8.5
-        self.ask_s = o.pause_s - o.model_lead_s
-        """Silence after which the model is asked about the current pause (its verdict is read at the pause)."""
-        self._verdict: asyncio.Future[float] | None = None  # the model's answer in the making
+        self.early_s = o.pause_s - o.model_lead_s if o.model_lead_s > 0 else None
+        """Silence after which the model is first asked about the current pause (None: only at the pause)."""
+        self._early: asyncio.Future[float] | None = None  # the early verdict in the making
 
     def set_transcript(self, text: str) -> None:
         self.smart.set_transcript(text)
@@ -529,7 +531,7 @@ class SmartTurnDetector(VADTurnDetector):
         super().reset()
         self._audio.clear()
         self._audio_s = 0.0
-        self._forget_verdict()
+        self._forget_early()
 
     async def push(self, frame: AudioFrame) -> list[TurnEvent]:
         self._audio.append(frame)
@@ -550,23 +552,30 @@ class SmartTurnDetector(VADTurnDetector):
         smart = self.smart
         events = smart.step(time, duration, probability)
         if smart.speech_end is None:
-            self._forget_verdict()  # speech again (or the turn is over): the question is moot
-        elif (self._verdict is None and smart.turn_probability is None
-              and smart.silence >= self.ask_s - duration / 2):
+            self._forget_early()  # speech again (or the turn is over): the question is moot
+        elif (self.early_s is not None and self._early is None and smart.turn_probability is None
+              and not smart.paused and smart.silence >= self.early_s - duration / 2):
             audio = self.turn_audio(time)
             if audio.num_frames:
-                self._verdict = asyncio.ensure_future(self._model.completion_probability(audio))
-        if any(e.kind == "pause" for e in events) and self._verdict is not None:
-            verdict, self._verdict = self._verdict, None
-            smart.turn_probability = await verdict  # mostly in already: asked `model_lead_s` ago
+                self._early = asyncio.ensure_future(self._model.completion_probability(audio))
+        if not any(e.kind == "pause" for e in events):
+            return events
+        early, self._early = self._early, None
+        verdict = await early if early is not None else None  # mostly in already: asked `model_lead_s` ago
+        if verdict is None or verdict < smart.turn_threshold:  # none, or unsure: ask again, with the whole pause
+            audio = self.turn_audio(time)
+            if audio.num_frames:
+                verdict = await self._model.completion_probability(audio)
+        if verdict is not None:
+            smart.turn_probability = verdict
             if smart.ready_to_end():
                 events += smart.end_turn(time)
         return events
 
-    def _forget_verdict(self) -> None:
-        verdict, self._verdict = self._verdict, None
-        if verdict is not None and not verdict.cancel() and not verdict.cancelled():
-            verdict.exception()  # a failure nobody waits for any more: retrieved, so asyncio does not log it
+    def _forget_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None and not early.cancel() and not early.cancelled():
+            early.exception()  # a failure nobody waits for any more: retrieved, so asyncio does not log it
 
 
 class EnergyTurnDetector(VADTurnDetector):
