@@ -254,14 +254,13 @@ class _ScriptedVAD:
     """A VAD whose one stream gives one probability per pushed 512-sample frame, from a script."""
 
     name = "scripted"
+    window_samples = 512
 
     def __init__(self, probs: list[float]) -> None:
         self.probs = iter(probs)
 
     def stream(self) -> _ScriptedVAD:
         return self
-
-    window_samples = 512
 
     async def windows(self, frame: AudioFrame) -> list[tuple[int, float]]:
         return [(frame.num_frames, next(self.probs))]

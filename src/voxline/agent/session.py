@@ -205,6 +205,7 @@ class Session:
         """The caller hung up: stop everything this session started; turns still being transcribed start no reply."""
         self._ending = True
         self._drop_draft()
+        self.detector.reset()  # drops a turn-model question still open (smart detector)
         if self._reply is not None:
             self._reply.cancel()
         if self._user is not None:
