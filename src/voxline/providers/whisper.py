@@ -184,10 +184,9 @@ class WhisperSTT:
 
     `window` picks the default decoding window ("short" or "padded", see the module docstring); `language` None
     detects the language per utterance. `beam_size` applies to finals (3: as accurate as 5 on the dev speech, ~8 %
-    faster, docs/stt.md); interims are greedy. `commit_min_s`: see
-    `WhisperStream` (None: every final decodes the whole turn, exactly as `transcribe`). `solo_threads`: threads of
-    a final that has the cores to itself (see the module docstring; no second model when it is not above
-    `cpu_threads` or when `num_workers` is 1).
+    faster, docs/stt.md); interims are greedy. `commit_min_s`: see `WhisperStream` (None: every final decodes the
+    whole turn, exactly as `transcribe`). `solo_threads`: threads of a final that has the cores to itself (see the
+    module docstring; no second model when it is not above `cpu_threads` or when `num_workers` is 1).
     """
 
     name = "whisper"
