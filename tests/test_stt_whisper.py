@@ -134,19 +134,27 @@ async def test_pause_speculation_gives_the_final_at_once(stt: WhisperSTT,
     assert isinstance(stream, SpeculativeSTTStream)
     got: list[Transcript] = []
     reader = asyncio.create_task(_collect(stream, got))
-    for chunk in audio.resample(16000).chunks(0.5):
-        await stream.send(chunk)
-    await stream.pause()  # the speaker paused: the final decode starts now ...
-    for chunk in AudioFrame.silence(0.6, 16000).chunks(0.02):
-        await stream.send(chunk)
-        await asyncio.sleep(0.02)  # ... while the turn detector waits out the silence
-    assert any(t.text == batch.text and not t.is_final for t in got), "speculative result not offered as interim"
-    started = asyncio.get_running_loop().time()
-    await stream.finalize()
-    await asyncio.wait_for(reader, 30)
-    assert got[-1].is_final and got[-1].text == batch.text
-    assert asyncio.get_running_loop().time() - started < 0.05  # no decode left at turn end
-    await stream.close()
+    loop = asyncio.get_running_loop()
+    try:
+        for chunk in audio.resample(16000).chunks(0.5):
+            await stream.send(chunk)
+        await stream.pause()  # the speaker paused: the final decode starts now ...
+        for chunk in AudioFrame.silence(0.6, 16000).chunks(0.02):
+            await stream.send(chunk)
+            await asyncio.sleep(0.02)  # ... while the turn detector waits out the silence
+        # On a slow CPU the decode outlasts those 0.6 s: what is tested is that it ends up offered, not how soon.
+        deadline = loop.time() + 30
+        while not any(t.text == batch.text and not t.is_final for t in got) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        assert any(t.text == batch.text and not t.is_final for t in got), "speculative result not offered as interim"
+        started = loop.time()
+        await stream.finalize()
+        await asyncio.wait_for(reader, 30)
+        assert got[-1].is_final and got[-1].text == batch.text
+        assert loop.time() - started < 0.05  # no decode left at turn end
+    finally:
+        reader.cancel()
+        await stream.close()
 
 
 async def _paused_after(stt: WhisperSTT, speech: AudioFrame) -> tuple[Any, list[Transcript], asyncio.Task[None]]:
