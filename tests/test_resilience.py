@@ -33,10 +33,10 @@ from voxline.resilience import (
     FallbackPhrases,
     RetryBudget,
     Retrying,
-    _spoken_chars,
     is_no_speech,
     with_timeout,
 )
+from voxline.resilience.wrapper import _spoken_chars
 
 RATE = 16000
 CPS = 10.0  # the fake TTS speaks 10 characters per second
