@@ -81,8 +81,12 @@ async def test_barge_in_truncates_to_the_words_played(url: str, speech_dir: Path
         await ws.send(json.dumps({"type": "session.start", "sample_rate": 16000}))
         listener = asyncio.create_task(caller.listen())
         await ws.send(json.dumps({"type": "text", "text": "Tell me about the history of the city of Paris."}))
-        await caller.wait_for("agent_text", within_s=60)
-        while len(caller.audio) < 24000 * 2 * 1.5:  # let 1.5 s of the reply play
+        # Interrupt once the reply's second piece has gone to the TTS and 1.5 s of audio has played: `planned` then
+        # holds both pieces, and the barge-in (~1 s later: 0.35 s of speech, then an interim with a word) comes before
+        # both have played out. Waiting for the audio alone once let a slow CPU play the 7-word first piece to its
+        # end before the second began, leaving nothing to truncate.
+        await caller.wait_for("agent_text", count=2, within_s=60)
+        while len(caller.audio) < 24000 * 2 * 1.5:
             caller.arrived.clear()
             await asyncio.wait_for(caller.arrived.wait(), 30)
         interruption = speech(speech_dir, "gold/LJ002-0020.flac").slice(0, 3.0)
